@@ -1,0 +1,225 @@
+"""Typed config schemas, recipe registration and composition (Hydra + OmegaConf).
+
+`python train.py recipe=NAME key=value ...` is Hydra's `group=option` syntax: every file in
+recipes/ is registered as an option of the `recipe` group (package `_global_`), so no list of
+recipes is kept by hand, and command-line overrides win over the recipe.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from metasd_train.errors import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG_DIR = Path(os.environ.get("METASD_CONFIG_DIR", REPO / "configs"))
+RECIPE_DIR = Path(os.environ.get("METASD_RECIPE_DIR", REPO / "recipes"))
+STAGES = ("data", "distill", "log_acceptance", "fit_bandit", "export")
+
+
+@dataclass
+class ModelConfig:
+    name: str = "smollm2-135m-instruct"  # packaged name | local HF dir | .gguf file | "random"
+    config: dict[str, Any] = field(default_factory=dict)  # kwargs of LlamaConfig, for name=random
+    tokenizer: str | None = None  # where the tokenizer comes from when name=random
+    dtype: str = "auto"  # auto: fp32 on CPU, bf16 on GPU
+    trust_remote_code: bool = False
+    seed: int = 0  # init seed for name=random
+
+
+@dataclass
+class LoraConfig:
+    r: int = 8  # adapter rank: higher fits the domain better, costs more memory
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+
+
+@dataclass
+class DrafterConfig:
+    kind: str = "truncated"  # truncated | pretrained | fresh
+    layers: int = 2  # truncated: keep the target's first k layers
+    path: str = ""  # pretrained: local HF dir or .gguf
+    config: dict[str, Any] = field(default_factory=dict)  # fresh: LlamaConfig kwargs
+    freeze_embeddings: bool = True  # truncated: keep embeddings/head frozen
+    specialists: str = "lora"  # lora | full | none
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    gamma: int = 4  # tokens drafted per round: higher pays off when acceptance is high
+    ngram: bool = True  # add the training-free prompt-lookup arm
+    ngram_gamma: int = 4
+
+
+@dataclass
+class SourceConfig:
+    source: str = ""  # a registered source name (see metasd_train/data/sources.py)
+    n: int = 32  # prompts taken from the source
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DataConfig:
+    domains: dict[str, SourceConfig] = field(default_factory=dict)
+    split: list[float] = field(default_factory=lambda: [0.7, 0.1, 0.2])  # train / val / held-out
+    seed: int = 0
+    max_prompt_tokens: int = 256
+    max_new_tokens: int = 64  # length of the target's self-distillation answers
+    sampled: bool = True  # also keep one T=0.7 answer per prompt
+    temperature: float = 0.7
+    batch_size: int = 8
+
+
+@dataclass
+class DistillConfig:
+    loss: str = "tv"  # fkl | rkl | tv | ce (TV is what acceptance measures)
+    ce_weight: float = 0.1
+    lr: float = 1e-3
+    lora_lr: float = 2e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 5
+    batch_size: int = 4
+    accumulate: int = 1
+    max_steps: int = 40  # generalist steps
+    specialist_steps: int = 20  # steps per domain specialist
+    val_every: int = 20
+
+
+@dataclass
+class BanditConfig:
+    policy: str = "linucb"  # linucb | ucb | exp3 | seqhalving | thompson | random | fixed | round_robin
+    reward: str = "divergence"  # divergence | efficiency | throughput
+    beta: float = 1.0  # UCB/LinUCB exploration: higher explores more
+    exp3_gamma: float = 0.1
+    budget: int = 64  # Sequential Halving rounds per request
+    context_dim: int = 16
+    ridge: float = 1.0
+    prior_strength: float = 1.0  # weight of logged rows in the warm start
+    feedback: str = "bandit"  # bandit | full (score idle drafters on accepted tokens too)
+    reset_per_request: bool = False  # forget online updates between requests
+    fixed_arm: str = ""
+    seed: int = 0
+
+
+@dataclass
+class DecodeConfig:
+    temperature: float = 0.0  # 0 = greedy
+    top_k: int = 0
+    top_p: float = 1.0
+    max_new_tokens: int = 128
+    early_stop: float = 0.0  # stop drafting when the drafter's top probability falls below this
+    device: str = "auto"
+    dtype: str = "auto"
+    heldout_per_domain: int = 4  # prompts per domain in log_acceptance
+    seed: int = 0
+
+
+@dataclass
+class RunConfig:
+    recipe: str = "none"
+    description: str = ""
+    run_dir: str | None = None  # resume this run directory; default runs/<recipe>/<timestamp>
+    stages: list[str] = field(default_factory=lambda: list(STAGES))
+    device: str = "auto"
+    seed: int = 0
+    target: ModelConfig = field(default_factory=ModelConfig)
+    drafter: DrafterConfig = field(default_factory=DrafterConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    bandit: BanditConfig = field(default_factory=BanditConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    trainer: dict[str, Any] = field(default_factory=dict)  # passed through to lightning.Trainer
+
+
+def recipes() -> dict[str, str]:
+    """Recipe name -> one-line description (the recipe's `description:` key)."""
+    out = {}
+    for path in sorted(RECIPE_DIR.glob("*.yaml")):
+        out[path.stem] = str(OmegaConf.load(path).get("description", ""))
+    return out
+
+
+def _register() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=RunConfig)
+    for path in sorted(RECIPE_DIR.glob("*.yaml")):
+        node = OmegaConf.load(path)
+        node["recipe"] = path.stem
+        cs.store(group="recipe", name=path.stem, node=node, package="_global_")
+
+
+def compose(overrides: list[str]) -> DictConfig:
+    """Compose configs/ + the chosen recipe + overrides into a validated RunConfig."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    _register()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+            cfg = hydra_compose("config", overrides=list(overrides))
+    except (HydraException, OmegaConfBaseException) as e:
+        raise UserError(_explain(e, overrides)) from None
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: DictConfig) -> None:
+    """Checks the type system cannot express; each names the key and the valid choices."""
+    choices = {
+        "drafter.kind": ("truncated", "pretrained", "fresh"),
+        "drafter.specialists": ("lora", "full", "none"),
+        "distill.loss": ("fkl", "rkl", "tv", "ce"),
+        "bandit.policy": ("linucb", "ucb", "exp3", "seqhalving", "thompson", "random", "fixed", "round_robin"),
+        "bandit.reward": ("divergence", "efficiency", "throughput"),
+        "bandit.feedback": ("bandit", "full"),
+    }
+    for key, valid in choices.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in valid:
+            raise UserError(f"{key}={value!r} is not valid; choose one of: {', '.join(valid)}")
+    for stage in cfg.stages:
+        if stage not in STAGES:
+            raise UserError(f"stages: unknown stage {stage!r}; valid stages: {', '.join(STAGES)}")
+    positive = ["drafter.gamma", "drafter.layers", "distill.batch_size", "decode.max_new_tokens", "data.max_new_tokens"]
+    for key in positive:
+        if OmegaConf.select(cfg, key) < 1:
+            raise UserError(f"{key} must be >= 1, got {OmegaConf.select(cfg, key)}")
+    if cfg.decode.temperature < 0 or not 0 < cfg.decode.top_p <= 1 or cfg.decode.top_k < 0:
+        raise UserError("decode: need temperature >= 0, 0 < top_p <= 1 and top_k >= 0")
+    if len(cfg.data.split) != 3 or abs(sum(cfg.data.split) - 1) > 1e-6 or min(cfg.data.split) < 0:
+        raise UserError(f"data.split must be three non-negative fractions summing to 1, got {list(cfg.data.split)}")
+
+
+def _explain(e: Exception, overrides: list[str]) -> str:
+    """One line for a Hydra/OmegaConf composition error."""
+    msg = str(e)
+    if m := re.search(r"Could not find '(?:recipe/)?([^']*)'", msg):
+        if "recipe" in msg:
+            return f"unknown recipe {m.group(1)!r}; valid recipes: {', '.join(recipes())} (python train.py recipe=list)"
+        return msg.splitlines()[0]
+    if m := re.search(r"Could not override '([^']*)'", msg):
+        key = m.group(1)
+        parent, _, leaf = key.rpartition(".")
+        valid = _keys_at(parent)
+        where = f"under '{parent}'" if parent else "at the top level"
+        return f"unknown config key {key!r}; valid keys {where}: {', '.join(valid)}"
+    if m := re.search(r"Error merging override (\S+)", msg):
+        cause = str(e.__cause__ or "").splitlines()[0] if e.__cause__ else "bad value"
+        return f"bad value in override {m.group(1)}: {cause}"
+    return msg.strip().splitlines()[0] + (f" (overrides: {' '.join(overrides)})" if overrides else "")
+
+
+def _keys_at(parent: str) -> list[str]:
+    node = OmegaConf.structured(RunConfig)
+    sub = OmegaConf.select(node, parent) if parent else node
+    return sorted(sub.keys()) if isinstance(sub, DictConfig) else []

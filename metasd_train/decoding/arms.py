@@ -1,0 +1,105 @@
+"""Drafting arms: any HF causal LM sharing the target's tokenizer, and prompt-lookup n-grams."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from metasd_train.decoding.cache import CachedLM
+from metasd_train.decoding.sampling import SamplingParams, logits_to_probs, pick
+
+
+@dataclass
+class Sequence:
+    """The committed tokens: a device buffer sized once, plus a host mirror for n-gram lookups."""
+
+    ids: torch.Tensor  # [capacity] on the engine's device
+    host: list[int]
+
+    @property
+    def length(self) -> int:
+        return len(self.host)
+
+    def extend(self, tokens: list[int]) -> None:
+        n = len(self.host)
+        self.ids[n : n + len(tokens)] = torch.tensor(tokens, dtype=self.ids.dtype, device=self.ids.device)
+        self.host.extend(tokens)
+
+
+class ModelArm:
+    """A drafter model with its own KV cache; catches up on unseen tokens in one forward."""
+
+    kind = "model"
+
+    def __init__(self, name: str, model, vocab_size: int, gamma: int = 4):
+        self.name, self.gamma = name, gamma
+        self.lm = CachedLM(model, vocab_size)
+
+    def reset(self) -> None:
+        self.lm.reset()
+
+    def draft(self, seq: Sequence, k: int, params: SamplingParams, early_stop: float = 0.0, generator=None):
+        """Up to k tokens [k'] and the distributions they were drawn from [k', V]."""
+        logits = self.lm.forward(seq.ids[self.lm.seen : seq.length])[-1]  # catch-up + first step
+        tokens, probs = [], []
+        for i in range(k):
+            token, prob = pick(logits, params, generator)
+            tokens.append(token)
+            probs.append(prob)
+            if i == k - 1 or (early_stop > 0 and prob.max().item() < early_stop):  # .item(): opt-in sync
+                break
+            logits = self.lm.forward(token.view(1))[-1]
+        if not tokens:
+            return seq.ids.new_empty(0), logits.new_empty(0, logits.shape[-1])
+        return torch.stack(tokens), torch.stack(probs)
+
+    def commit(self, length: int) -> None:
+        """The first `length` positions are committed and match what this arm has seen."""
+        self.lm.rewind(length)
+
+    def score(self, seq: Sequence, start: int, params: SamplingParams) -> torch.Tensor:
+        """Distributions [length-start, V] for positions start.. of the committed sequence (full feedback)."""
+        assert self.lm.seen <= start - 1, "an idle arm must not have seen past the round's start"
+        logits = self.lm.forward(seq.ids[self.lm.seen : seq.length - 1])
+        return logits_to_probs(logits[-(seq.length - start) :], params)
+
+
+class NgramArm:
+    """Training-free prompt lookup: continue the latest earlier occurrence of the trailing n-gram."""
+
+    kind = "ngram"
+
+    def __init__(self, name: str = "ngram", vocab_size: int = 0, gamma: int = 4, max_ngram: int = 3, min_ngram: int = 1):
+        self.name, self.gamma, self.vocab_size = name, gamma, vocab_size
+        self.max_ngram, self.min_ngram = max_ngram, min_ngram
+
+    def reset(self) -> None:
+        pass
+
+    def lookup(self, host: list[int], k: int) -> list[int]:
+        """Tokens that followed the most recent earlier match of the longest trailing n-gram."""
+        n_tokens = len(host)
+        for n in range(min(self.max_ngram, n_tokens - 1), self.min_ngram - 1, -1):
+            tail = host[n_tokens - n :]
+            for start in range(n_tokens - n - 1, -1, -1):
+                if host[start : start + n] == tail:
+                    return host[start + n : start + n + k]
+        return []
+
+    def draft(self, seq: Sequence, k: int, params: SamplingParams, early_stop: float = 0.0, generator=None):
+        tokens = self.lookup(seq.host, k) if k > 0 else []
+        ids = torch.tensor(tokens, dtype=torch.long, device=seq.ids.device)
+        return ids, torch.nn.functional.one_hot(ids, self.vocab_size).float()  # q is one-hot
+
+    def commit(self, length: int) -> None:
+        pass
+
+    def score(self, seq: Sequence, start: int, params: SamplingParams) -> torch.Tensor:
+        """One-hot rows of what this arm would have proposed next at each committed prefix (zeros if none)."""
+        rows = torch.zeros(seq.length - start, self.vocab_size, device=seq.ids.device)
+        for j in range(seq.length - start):
+            nxt = self.lookup(seq.host[: start + j], 1)
+            if nxt:
+                rows[j, nxt[0]] = 1.0
+        return rows

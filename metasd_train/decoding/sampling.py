@@ -1,0 +1,109 @@
+"""Pure tensor functions of speculative decoding: logits processing, drafting, verification, rewards.
+
+Every function here is shape-polymorphic over its leading dims and does no host synchronisation,
+so the engine can chain them and read back one small tensor per round.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """The same processing is applied to target (p) and drafter (q) logits."""
+
+    temperature: float = 0.0  # 0 = greedy
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1 = off
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+def align_vocab(logits: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Cut or pad (with -inf) the last dim to the target's vocabulary size."""
+    # logits: [..., V_d] -> [..., vocab_size]
+    v = logits.shape[-1]
+    if v == vocab_size:
+        return logits
+    if v > vocab_size:
+        return logits[..., :vocab_size]
+    pad = logits.new_full((*logits.shape[:-1], vocab_size - v), float("-inf"))
+    return torch.cat([logits, pad], dim=-1)
+
+
+def logits_to_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """Temperature, then top-k, then top-p (the order and tie rules of HF's logits warpers)."""
+    # logits: [..., V] -> probs [..., V] (float32)
+    logits = logits.float()
+    if params.greedy:
+        return torch.softmax(logits, dim=-1)
+    logits = logits / params.temperature
+    if params.top_k > 0:
+        k = min(params.top_k, logits.shape[-1])
+        kth = torch.topk(logits, k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if params.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=False)
+        cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        remove_sorted = cum <= (1 - params.top_p)
+        remove_sorted[..., -1:] = False  # always keep the most likely token
+        remove = remove_sorted.scatter(-1, order, remove_sorted)
+        logits = logits.masked_fill(remove, float("-inf"))
+    return torch.softmax(logits, dim=-1)
+
+
+def sample(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Sample one index per row without a host sync (exponential race; rows need not sum to 1)."""
+    # probs: [..., V] -> [...]
+    e = torch.empty_like(probs).exponential_(1, generator=generator)
+    return torch.argmax(probs / e, dim=-1)
+
+
+def pick(logits: torch.Tensor, params: SamplingParams, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next token and the processed distribution it was drawn from (argmax when greedy)."""
+    # logits: [V] -> token [], probs [V]
+    probs = logits_to_probs(logits, params)
+    token = torch.argmax(logits, dim=-1) if params.greedy else sample(probs, generator)
+    return token, probs
+
+
+def verify_greedy(target_logits: torch.Tensor, draft: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Accept the longest prefix where the draft equals the target's argmax; then the target's token."""
+    # target_logits: [k+1, V], draft: [k] -> n_accepted [], next_token []
+    pred = target_logits.argmax(dim=-1)
+    k = draft.shape[0]
+    n = torch.cumprod((pred[:k] == draft).to(torch.int64), dim=0).sum()
+    return n, pred[n]
+
+
+def verify_sampling(p: torch.Tensor, q: torch.Tensor, draft: torch.Tensor, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Speculative sampling (Leviathan et al. 2023; Chen et al. 2023).
+
+    Accept draft i with probability min(1, p_i(d_i) / q_i(d_i)); at the first rejection sample from
+    norm(max(p_i - q_i, 0)); if all k are accepted, sample the bonus token from p_k. The output is
+    distributed exactly as p. A draft without a distribution (n-gram) passes q as one-hot.
+    """
+    # p: [k+1, V] target probs, q: [k, V] drafter probs, draft: [k] -> n_accepted [], next_token []
+    k = draft.shape[0]
+    idx = torch.arange(k, device=draft.device)
+    p_d, q_d = p[idx, draft], q[idx, draft]
+    u = torch.rand(k, device=p.device, generator=generator)
+    accepted = u * q_d < p_d  # u < p/q without dividing; q_d > 0 since d was drawn from q
+    n = torch.cumprod(accepted.to(torch.int64), dim=0).sum()
+    residual = torch.cat([(p[:k] - q).clamp_min(0), p[k:]], dim=0)  # [k+1, V]
+    row = residual[n]
+    row = torch.where(row.sum() > 0, row, p[n])  # p == q exactly: nothing to correct
+    return n, sample(row, generator)
+
+
+def block_divergence(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """MetaSD's alignment feedback: mean over the block of 1 - TV(p_i, q_i)."""
+    # p, q: [k, V] -> []
+    if p.shape[0] == 0:
+        return p.new_zeros(())
+    return (1 - 0.5 * (p - q).abs().sum(dim=-1)).mean()

@@ -1,0 +1,112 @@
+"""Greedy speculative decoding is token-identical to the target's own greedy generate."""
+
+import random
+
+import pytest
+import torch
+
+from metasd_train.bandit.chooser import BanditChooser
+from metasd_train.bandit.policies import RandomArm
+from metasd_train.decoding.arms import ModelArm, NgramArm
+from metasd_train.decoding.engine import SpecEngine
+from metasd_train.decoding.sampling import SamplingParams
+from metasd_train.errors import UserError
+from metasd_train.models.drafters import tiny_llama, truncated
+
+V = 32
+
+
+@pytest.fixture(scope="module")
+def models():
+    target = tiny_llama(V, layers=3, seed=1)
+    return {
+        "target": target,
+        "copy": truncated(target, 3),  # identical to the target: always accepted
+        "trunc": truncated(target, 1),
+        "other": tiny_llama(V + 8, layers=1, hidden=16, seed=2),  # bigger vocab: logits are cut
+    }
+
+
+def make_engine(models, **kw):
+    arms = [ModelArm(n, models[n], V, gamma=g) for n, g in (("copy", 4), ("trunc", 3), ("other", 2))]
+    arms.append(NgramArm("ngram", V, gamma=3))
+    return SpecEngine(models["target"], arms, SamplingParams(), eos_ids=[1], **kw)
+
+
+def reference(target, prompt, n):
+    out = target.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=n, eos_token_id=1, pad_token_id=1)
+    return out[0, len(prompt):].tolist()
+
+
+def test_greedy_matches_generate_on_50_prompts_with_random_switching(models):
+    engine = make_engine(models)
+    chooser = BanditChooser(RandomArm(len(engine.arms), seed=3))
+    rng = random.Random(0)
+    accepted = rejected = eos = 0
+    for _ in range(50):
+        prompt = [rng.randrange(2, V) for _ in range(rng.randint(1, 12))]
+        prompt += prompt[: rng.randint(0, len(prompt))]  # repeats give the n-gram arm something
+        n = rng.randint(1, 24)
+        gen = engine.generate(prompt, n, chooser)
+        assert gen.tokens == reference(models["target"], prompt, n)
+        accepted += sum(r.accepted for r in gen.rounds)
+        rejected += sum(r.drafted - r.accepted for r in gen.rounds)
+        eos += gen.stop == "eos"
+    assert accepted > 50 and rejected > 50  # both branches ran
+    assert {r.arm_name for r in gen.rounds} <= {a.name for a in engine.arms}
+
+
+def test_stops_exactly_at_max_new_tokens_and_eos(models):
+    engine = make_engine(models)
+    chooser = BanditChooser(RandomArm(len(engine.arms), seed=0))
+    for n in (1, 2, 5, 9):
+        gen = engine.generate([5, 6, 7], n, chooser)
+        ref = reference(models["target"], [5, 6, 7], n)
+        assert gen.tokens == ref
+        assert len(gen.tokens) == n or gen.tokens[-1] == 1
+    # find a prompt whose greedy continuation hits EOS and check the engine stops right after it
+    for start in range(2, V):
+        ref = reference(models["target"], [start, start], 30)
+        if 1 in ref:
+            gen = engine.generate([start, start], 30, chooser)
+            assert gen.stop == "eos" and gen.tokens == ref and gen.tokens[-1] == 1
+            return
+    pytest.fail("no prompt reached EOS; pick another seed")
+
+
+def test_kv_caches_equal_fresh_recomputation_after_200_switches(models):
+    engine = make_engine(models)
+    chooser = BanditChooser(RandomArm(len(engine.arms), seed=7))
+    prompt = [3, 4, 5, 6, 3, 4]
+    engine.eos_ids = set()
+    gen = engine.generate(prompt, 700, chooser)
+    assert len(gen.rounds) >= 200
+    seq = prompt + gen.tokens
+    for lm in [engine.target] + [a.lm for a in engine.arms if a.kind == "model"]:
+        fresh = type(lm)(lm.model, V)
+        fresh.forward(torch.tensor(seq[: lm.seen]))
+        for (k1, v1), (k2, v2) in zip(lm.cached_kv(), fresh.cached_kv()):
+            torch.testing.assert_close(k1, k2, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(v1, v2, rtol=1e-4, atol=1e-5)
+    assert engine.target.seen == len(seq) - 1
+
+
+def test_full_feedback_scores_idle_arms_and_stays_lossless(models):
+    engine = make_engine(models, full_feedback=True)
+    chooser = BanditChooser(RandomArm(len(engine.arms), seed=1))
+    gen = engine.generate([4, 5, 6, 4, 5], 20, chooser)
+    assert gen.tokens == reference(models["target"], [4, 5, 6, 4, 5], 20)
+    scored = [r for r in gen.rounds if r.idle_divergence]
+    assert scored and all(len(r.idle_divergence) == len(engine.arms) - 1 for r in scored)
+    copy_scores = [r.idle_divergence[0] for r in scored if 0 in r.idle_divergence]
+    assert copy_scores and min(copy_scores) > 0.999  # the exact copy agrees with the target
+
+
+@pytest.mark.parametrize(
+    "prompt,n,match",
+    [([], 5, "empty"), (list(range(2, 30)) * 40, 5, "context"), ([3, 4], 0, "max_new_tokens")],
+)
+def test_bad_requests_give_one_clear_error(models, prompt, n, match):
+    engine = make_engine(models)
+    with pytest.raises(UserError, match=match):
+        engine.generate(prompt, n, BanditChooser(RandomArm(4)))
