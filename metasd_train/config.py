@@ -95,6 +95,7 @@ class BanditConfig:
     reward: str = "divergence"  # divergence | efficiency | throughput
     beta: float = 1.0  # UCB/LinUCB exploration: higher explores more
     exp3_gamma: float = 0.1
+    exp3_share: float = 0.0  # EXP3.S fixed share: > 0 lets EXP3 follow a switch of the best drafter
     budget: int = 64  # Sequential Halving rounds per request
     context_dim: int = 16
     ridge: float = 1.0

@@ -102,11 +102,15 @@ class Thompson(Policy):
 
 
 class EXP3(Policy):
-    """EXP3 (Auer et al. 2002): exponential weights on importance-weighted rewards, gamma exploration."""
+    """EXP3 (Auer et al. 2002): exponential weights on importance-weighted rewards, gamma exploration.
 
-    def __init__(self, n_arms: int, gamma: float = 0.1, seed: int = 0):
+    `share` > 0 mixes that fraction of the weight back to uniform after every update (EXP3.S /
+    fixed share), so an arm that was bad for a long stretch can win again after a switch.
+    """
+
+    def __init__(self, n_arms: int, gamma: float = 0.1, share: float = 0.0, seed: int = 0):
         super().__init__(n_arms, seed)
-        self.gamma = gamma
+        self.gamma, self.share = gamma, share
         self.log_w = torch.zeros(n_arms, dtype=torch.float64)
         self._probs = torch.full((n_arms,), 1 / n_arms, dtype=torch.float64)
 
@@ -121,6 +125,9 @@ class EXP3(Policy):
     def update(self, arm: int, reward: float, x=None) -> None:
         super().update(arm, reward, x)
         self.log_w[arm] += self.gamma * reward / (self._probs[arm] * self.n_arms)
+        if self.share > 0:
+            w = torch.softmax(self.log_w, dim=0)
+            self.log_w = torch.log((1 - self.share) * w + self.share / self.n_arms)
 
     def reset(self) -> None:
         super().reset()
@@ -243,7 +250,7 @@ def make_policy(name: str, n_arms: int, cfg=None, dim: int = 16, fixed_arm: int 
     if name == "ucb":
         return UCB(n_arms, beta=beta, seed=seed)
     if name == "exp3":
-        return EXP3(n_arms, gamma=float(cfg.get("exp3_gamma", 0.1)), seed=seed)
+        return EXP3(n_arms, gamma=float(cfg.get("exp3_gamma", 0.1)), share=float(cfg.get("exp3_share", 0.0)), seed=seed)
     if name == "seqhalving":
         return SequentialHalving(n_arms, budget=int(cfg.get("budget", 64)), seed=seed)
     if name == "linucb":
