@@ -120,6 +120,12 @@ class DecodeConfig:
 
 
 @dataclass
+class ExportConfig:
+    dtype: str = "bf16"  # bf16 | fp16 | fp32: weights as written; decode.py casts to its device's dtype
+    license: str = "apache-2.0"  # SmolLM2 is Apache-2.0; set to your target's licence
+
+
+@dataclass
 class RunConfig:
     recipe: str = "none"
     description: str = ""
@@ -133,6 +139,7 @@ class RunConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)
     bandit: BanditConfig = field(default_factory=BanditConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
     trainer: dict[str, Any] = field(default_factory=dict)  # passed through to lightning.Trainer
 
 

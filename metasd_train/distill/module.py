@@ -1,0 +1,79 @@
+"""LightningModule for token-level distillation of a drafter against a frozen target."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+from torchmetrics import MeanMetric
+
+from metasd_train.distill.losses import acceptance, kd_loss
+
+
+class Frozen:
+    """Holds the teacher outside the module's parameters: not trained, not checkpointed."""
+
+    def __init__(self, model):
+        self.model = model.eval().requires_grad_(False)
+
+
+class DistillModule(L.LightningModule):
+    def __init__(self, student, teacher, domains: list[str], loss: str = "tv", ce_weight: float = 0.1,
+                 lr: float = 1e-3, weight_decay: float = 0.0, warmup_steps: int = 5, max_steps: int = 100):
+        super().__init__()
+        self.save_hyperparameters(logger=False, ignore=["student", "teacher"])
+        self.student = student
+        self.teacher = Frozen(teacher)
+        self.domains = list(domains)
+        names = ("acceptance", "top1", "kd")
+        self.val_metrics = torch.nn.ModuleDict(
+            {f"{m}_{d}": MeanMetric() for m in names for d in self.domains}
+        )
+
+    def on_fit_start(self) -> None:
+        self.teacher.model.to(self.device)
+
+    on_validation_start = on_fit_start
+
+    def _logits(self, batch):
+        # batch: input_ids/attention_mask/loss_mask [B, T] -> student, teacher logits [N, V] at masked positions
+        mask = batch["loss_mask"]
+        with torch.no_grad():
+            t = self.teacher.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[mask]
+        s = self.student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[mask]
+        labels = batch["input_ids"][:, 1:][mask[:, :-1]]
+        return s, t[:, : s.shape[-1]], labels
+
+    def training_step(self, batch, batch_idx):
+        s, t, labels = self._logits(batch)
+        hp = self.hparams
+        loss = kd_loss(s, t, hp.loss) if hp.loss != "ce" else torch.zeros((), device=s.device)
+        if hp.ce_weight > 0 or hp.loss == "ce":
+            loss = loss + (1.0 if hp.loss == "ce" else hp.ce_weight) * torch.nn.functional.cross_entropy(s.float(), labels)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        return loss
+
+    def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
+        domain = self.domains[dataloader_idx]  # one val dataloader per domain, in this order
+        s, t, _ = self._logits(batch)
+        n = s.shape[0]
+        for name, value in (("acceptance", acceptance(s, t).mean()), ("top1", (s.argmax(-1) == t.argmax(-1)).float().mean()),
+                            ("kd", kd_loss(s, t, "fkl"))):
+            metric = self.val_metrics[f"{name}_{domain}"]
+            metric.update(value, weight=n)
+            self.log(f"val/{name}/{domain}", metric, on_epoch=True, add_dataloader_idx=False, batch_size=n)
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        params = [p for p in self.student.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
+
+        def schedule(step: int) -> float:  # linear warm-up, cosine decay to 10%
+            if step < hp.warmup_steps:
+                return (step + 1) / hp.warmup_steps
+            frac = (step - hp.warmup_steps) / max(hp.max_steps - hp.warmup_steps, 1)
+            return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

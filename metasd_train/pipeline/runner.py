@@ -1,0 +1,45 @@
+"""Run the stages of a recipe in order, skipping those already finished (resume = same command)."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import time
+
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.syntax import Syntax
+
+from metasd_train.config import STAGES
+from metasd_train.pipeline.context import StageContext
+from metasd_train.pipeline.run_dir import RunDir
+
+
+def stage_fn(stage: str):
+    return importlib.import_module(f"metasd_train.pipeline.stage_{stage}").run
+
+
+def train(cfg: DictConfig, root: str = "runs", console: Console | None = None) -> RunDir:
+    """What `python train.py` does: returns the run directory."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    console = console or Console()
+    import datasets
+
+    datasets.disable_progress_bars()
+    run = RunDir.create_or_open(cfg, root)
+    console.rule(f"metasd-train · recipe={cfg.recipe} · {run.path}")
+    console.print(Syntax(OmegaConf.to_yaml(cfg), "yaml", theme="ansi_dark"))
+    ctx = StageContext(cfg, run, console)
+    for stage in STAGES:
+        if stage not in cfg.stages:
+            continue
+        if run.is_done(stage):
+            console.print(f"[green]✓ {stage}[/] already done, skipped")
+            continue
+        console.rule(f"stage {stage}")
+        start = time.perf_counter()
+        summary = stage_fn(stage)(ctx)
+        run.mark_done(stage, time.perf_counter() - start, summary)
+        console.print(f"[green]✓ {stage}[/] in {time.perf_counter() - start:.1f}s: {summary}")
+    return run

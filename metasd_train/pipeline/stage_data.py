@@ -1,0 +1,41 @@
+"""Stage `data`: domain prompts, fixed splits, and the target's answers, as Arrow datasets."""
+
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+
+import datasets
+from omegaconf import OmegaConf
+from rich.progress import Progress
+
+from metasd_train.atomic import atomic_dir
+from metasd_train.data.prompts import domain_prompts
+from metasd_train.data.selfdistill import answer
+from metasd_train.pipeline.context import StageContext
+
+
+def run(ctx: StageContext) -> dict:
+    cfg = ctx.cfg.data
+    rows = domain_prompts(OmegaConf.to_container(cfg.domains), ctx.tokenizer, cfg.max_prompt_tokens, list(cfg.split), cfg.seed)
+    partial = ctx.run.path / ".data.partial"  # finished domains survive a kill
+    kinds = [("greedy", 0.0)] + ([("sampled", cfg.temperature)] if cfg.sampled else [])
+    with Progress(transient=False) as progress:
+        for domain in cfg.domains:
+            for kind, temperature in kinds:
+                shard = partial / f"{domain}-{kind}"
+                if shard.exists():
+                    continue
+                todo = [r for r in rows if r["domain"] == domain and r["split"] != "heldout"]
+                responses = answer(ctx.target, ctx.tokenizer, [r["prompt_ids"] for r in todo], cfg.max_new_tokens,
+                                   cfg.batch_size, temperature, seed=cfg.seed, progress=progress, label=f"{domain} ({kind})")
+                records = [{**r, "kind": kind, "response_ids": resp} for r, resp in zip(todo, responses)]
+                with atomic_dir(shard) as tmp:
+                    datasets.Dataset.from_list(records).save_to_disk(str(tmp))
+    examples = datasets.concatenate_datasets([datasets.load_from_disk(str(p)) for p in sorted(partial.iterdir())])
+    with atomic_dir(ctx.run.stage_dir("data")) as out:
+        datasets.Dataset.from_list(rows).save_to_disk(str(out / "prompts"))
+        examples.save_to_disk(str(out / "examples"))
+    shutil.rmtree(partial)
+    counts = Counter((r["domain"], r["split"]) for r in rows)
+    return {"prompts": {f"{d}/{s}": n for (d, s), n in sorted(counts.items())}, "examples": len(examples)}
