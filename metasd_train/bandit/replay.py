@@ -1,8 +1,8 @@
-"""Offline evaluation on a full-information log: replay each request with a policy choosing per round.
+"""Offline evaluation on an exact full-information log (metasd_train/data/acceptance_log.py).
 
-Each request has every arm's logged rounds; a simulated round takes the chosen arm's next logged
-round (cycling). The state a real switch would create is not modelled, so this ranks policies
-cheaply; the decode benchmark measures them for real.
+The log holds, for each request, arm and start position, the round that arm would have had. A
+replay walks each request from position 0: the policy picks an arm, the round's accepted tokens
+plus one advance the position. For greedy decoding this reproduces the engine's rounds exactly.
 """
 
 from __future__ import annotations
@@ -17,65 +17,58 @@ from metasd_train.bandit.policies import FixedArm, Policy
 
 
 def by_request(rows: list[dict]) -> dict[int, dict]:
-    """Rounds grouped by request and arm; each run's last round is dropped (cut short by the length limit)."""
+    """{request: {domain, features, length, arms: {arm: {position: row}}}}."""
     out: dict[int, dict] = {}
     for r in rows:
-        req = out.setdefault(r["request"], {"domain": r["domain"], "features": r["features"], "arms": defaultdict(list)})
-        req["arms"][r["arm"]].append(r)
-    for req in out.values():
-        for arm, logged in req["arms"].items():
-            if len(logged) > 1:
-                req["arms"][arm] = sorted(logged, key=lambda r: r["round"])[:-1]
+        req = out.setdefault(r["request"], {"domain": r["domain"], "features": r["features"], "length": 0,
+                                            "arms": defaultdict(dict)})
+        req["arms"][r["arm"]][r["round"]] = r
+        req["length"] = max(req["length"], r["round"] + 1)
     return out
 
 
-def replay(requests: dict[int, dict], make: Callable[[], Policy], featurizer: Featurizer | None, reward: str,
-           budget: int, persist: bool = True) -> dict[str, float]:
-    """τ per domain and overall for one policy; `persist` keeps learning across requests."""
-    return _tau(*_play(requests, make, featurizer, reward, budget, persist))
-
-
-def _play(requests, make, featurizer, reward, budget, persist=True):
+def play(requests: dict[int, dict], make: Callable[[], Policy], featurizer: Featurizer | None = None,
+         reward: str = "divergence", persist: bool = True, choose: Callable[[dict], int] | None = None):
+    """(tokens, rounds) per domain; `persist` keeps learning across requests; `choose` overrides the policy."""
     policy = make()
     tokens, rounds = defaultdict(int), defaultdict(int)
     for req in requests.values():
         if not persist:
             policy = make()
-        x = featurizer(torch.tensor(req["features"]) if req["features"] else None) if (featurizer and policy.contextual) else None
-        ptr = defaultdict(int)
-        made = 0
-        while made < budget:
-            arm = policy.select(x)
-            logged = req["arms"][arm]
-            r = logged[ptr[arm] % len(logged)]
-            ptr[arm] += 1
-            new = min(r["accepted"] + 1, budget - made)
-            made += new
-            tokens[req["domain"]] += new
+        x = None
+        if featurizer is not None and policy.contextual:
+            x = featurizer(torch.tensor(req["features"]) if req["features"] else None)
+        t = 0
+        while t < req["length"]:
+            arm = choose(req) if choose else policy.select(x)
+            r = req["arms"][arm][t]
+            t += r["accepted"] + 1
+            tokens[req["domain"]] += r["accepted"] + 1
             rounds[req["domain"]] += 1
-            if r["drafted"]:
+            if t - r["accepted"] - 1 < req["length"] - 1 and not choose:  # could draft (as in the engine)
                 policy.update(arm, float(r[reward]), x)
     return tokens, rounds
 
 
-def _tau(tokens: dict, rounds: dict) -> dict[str, float]:
+def tau(tokens: dict, rounds: dict) -> dict[str, float]:
     out = {d: tokens[d] / rounds[d] for d in sorted(tokens)}
     out["all"] = sum(tokens.values()) / max(sum(rounds.values()), 1)
     return out
 
 
-def fixed_tau(requests: dict[int, dict], arm: int, n_arms: int, budget: int) -> dict[str, float]:
-    return replay(requests, lambda: FixedArm(n_arms, arm), None, "efficiency", budget)
+def replay(requests, make, featurizer=None, reward="divergence", persist=True) -> dict[str, float]:
+    return tau(*play(requests, make, featurizer, reward, persist))
 
 
-def oracle_tau(requests: dict[int, dict], n_arms: int, budget: int) -> dict[str, float]:
+def fixed_tau(requests: dict[int, dict], arm: int, n_arms: int) -> dict[str, float]:
+    return replay(requests, lambda: FixedArm(n_arms, arm))
+
+
+def oracle_tau(requests: dict[int, dict], n_arms: int) -> dict[str, float]:
     """The per-domain oracle: in each domain, the fixed arm with the best τ there (in hindsight)."""
-    plays = [_play(requests, lambda a=a: FixedArm(n_arms, a), None, "efficiency", budget) for a in range(n_arms)]
-    tokens, rounds = {}, {}
-    for d in plays[0][0]:
-        best = max(range(n_arms), key=lambda a: plays[a][0][d] / plays[a][1][d])
-        tokens[d], rounds[d] = plays[best][0][d], plays[best][1][d]
-    return _tau(tokens, rounds)
+    per_arm = [fixed_tau(requests, a, n_arms) for a in range(n_arms)]
+    best = {d: max(range(n_arms), key=lambda a: per_arm[a][d]) for d in per_arm[0] if d != "all"}
+    return tau(*play(requests, lambda: FixedArm(n_arms), choose=lambda req: best[req["domain"]]))
 
 
 def separation(rows: list[dict], reward: str) -> dict[str, float]:

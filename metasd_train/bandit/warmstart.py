@@ -10,7 +10,10 @@ from metasd_train.bandit.policies import LinUCB, Policy
 
 def design(rows: list[dict], featurizer: Featurizer, reward: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(contexts [N, d], arms [N], rewards [N]) from logged rounds that drafted something."""
-    rows = [r for r in rows if r["drafted"] > 0]
+    last = {}
+    for r in rows:
+        last[(r["request"], r["arm"])] = max(last.get((r["request"], r["arm"]), 0), r["round"])
+    rows = [r for r in rows if r["round"] < last[(r["request"], r["arm"])]]  # every round that could draft
     xs = torch.stack([featurizer(torch.tensor(r["features"]) if r["features"] else None) for r in rows])
     arms = torch.tensor([r["arm"] for r in rows])
     rewards = torch.tensor([float(r[reward]) for r in rows], dtype=torch.float64)

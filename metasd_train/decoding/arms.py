@@ -47,7 +47,7 @@ class ModelArm:
             token, prob = pick(logits, params, generator)
             tokens.append(token)
             probs.append(prob)
-            if i == k - 1 or (early_stop > 0 and prob.max().item() < early_stop):  # .item(): opt-in sync
+            if i == k - 1 or (early_stop > 0 and logits.softmax(-1).max().item() < early_stop):  # opt-in sync
                 break
             logits = self.lm.forward(token.view(1))[-1]
         if not tokens:

@@ -159,7 +159,8 @@ class SpecEngine:
         arm, L = self.arms[i], seq.length
         t_bandit = time.perf_counter() - t0
         watch = Stopwatch(self.device)
-        draft, q = arm.draft(seq, min(arm.gamma, limit - L - 1), self.params, self.early_stop, self.generator)
+        allowed = min(arm.gamma, limit - L - 1)
+        draft, q = arm.draft(seq, allowed, self.params, self.early_stop, self.generator)
         watch.mark("draft")
         k = draft.shape[0]
         logits = self.target.forward(torch.cat([seq.ids[L - 1 : L], draft]))  # [k+1, V]
@@ -182,7 +183,7 @@ class SpecEngine:
         rec = RoundRecord(ctx.round, i, arm.name, k, n, host[2], n / k if k else 0.0,
                           (n + 1) / (k + 1) * times["verify"] / max(times["draft"] + times["verify"], 1e-12),
                           times["draft"], times["verify"], times.get("catchup", 0.0), t_bandit, t_round, idle)
-        if k > 0:
+        if allowed > 0:  # an arm that could draft but proposed nothing earns 0: its round still cost a forward
             t1 = time.perf_counter()
             chooser.observe(ctx, i, {"divergence": rec.divergence, "efficiency": rec.efficiency, "throughput": rec.throughput})
             for j, r in idle.items():

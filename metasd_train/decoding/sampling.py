@@ -37,11 +37,15 @@ def align_vocab(logits: torch.Tensor, vocab_size: int) -> torch.Tensor:
 
 
 def logits_to_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
-    """Temperature, then top-k, then top-p (the order and tie rules of HF's logits warpers)."""
+    """Temperature, then top-k, then top-p (the order and tie rules of HF's logits warpers).
+
+    Greedy processing is argmax, so its distribution is one-hot: block divergence then counts
+    per-position agreement, on the same footing for model and n-gram arms.
+    """
     # logits: [..., V] -> probs [..., V] (float32)
     logits = logits.float()
     if params.greedy:
-        return torch.softmax(logits, dim=-1)
+        return torch.nn.functional.one_hot(logits.argmax(dim=-1), logits.shape[-1]).float()
     logits = logits / params.temperature
     if params.top_k > 0:
         k = min(params.top_k, logits.shape[-1])

@@ -15,6 +15,18 @@ from metasd_train.pipeline.context import StageContext
 from metasd_train.pipeline.run_dir import RunDir
 
 
+def quiet_libraries() -> None:
+    import logging
+    import warnings
+
+    import lightning  # noqa: F401  (it sets its loggers' level on import; set ours after)
+
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*(LeafSpec|eval mode|does not have many workers|logging interval).*")
+
+
 def stage_fn(stage: str):
     return importlib.import_module(f"metasd_train.pipeline.stage_{stage}").run
 
@@ -24,6 +36,7 @@ def train(cfg: DictConfig, root: str = "runs", console: Console | None = None) -
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     console = console or Console()
+    quiet_libraries()
     import datasets
 
     datasets.disable_progress_bars()
@@ -42,4 +55,16 @@ def train(cfg: DictConfig, root: str = "runs", console: Console | None = None) -
         summary = stage_fn(stage)(ctx)
         run.mark_done(stage, time.perf_counter() - start, summary)
         console.print(f"[green]✓ {stage}[/] in {time.perf_counter() - start:.1f}s: {summary}")
+    link_latest(run)
+    console.print(f"run directory: {run.path}")
     return run
+
+
+def link_latest(run: RunDir) -> None:
+    """runs/<recipe>/latest -> this run (replaced atomically)."""
+    link = run.path.parent / "latest"
+    tmp = run.path.parent / ".latest.tmp"
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    tmp.symlink_to(run.path.name)
+    os.replace(tmp, link)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections import Counter
 
@@ -9,7 +10,7 @@ import datasets
 from omegaconf import OmegaConf
 from rich.progress import Progress
 
-from metasd_train.atomic import atomic_dir
+from metasd_train.atomic import atomic_dir, write_text
 from metasd_train.data.prompts import domain_prompts
 from metasd_train.data.selfdistill import answer
 from metasd_train.pipeline.context import StageContext
@@ -36,6 +37,18 @@ def run(ctx: StageContext) -> dict:
     with atomic_dir(ctx.run.stage_dir("data")) as out:
         datasets.Dataset.from_list(rows).save_to_disk(str(out / "prompts"))
         examples.save_to_disk(str(out / "examples"))
+        write_heldout(rows, ctx.cfg.decode.heldout_per_domain, out / "heldout.jsonl")
     shutil.rmtree(partial)
     counts = Counter((r["domain"], r["split"]) for r in rows)
     return {"prompts": {f"{d}/{s}": n for (d, s), n in sorted(counts.items())}, "examples": len(examples)}
+
+
+def write_heldout(rows: list[dict], per_domain: int, path) -> None:
+    """Held-out prompts in question.jsonl format (question_id, category, turns): for decode.py and bench/."""
+    taken: dict[str, int] = {}
+    lines = []
+    for r in rows:
+        if r["split"] == "heldout" and taken.get(r["domain"], 0) < per_domain:
+            taken[r["domain"]] = taken.get(r["domain"], 0) + 1
+            lines.append(json.dumps({"question_id": f"{r['domain']}-{r['id']}", "category": r["domain"], "turns": [r["prompt"]]}))
+    write_text(path, "\n".join(lines) + "\n")

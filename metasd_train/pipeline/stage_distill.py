@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datasets
+import lightning as L
 from omegaconf import OmegaConf
 
 from metasd_train.atomic import atomic_dir, write_json
@@ -30,6 +31,7 @@ def build_drafter(ctx: StageContext):
 
 def _train(ctx, student, dm, name: str, steps: int, lr: float) -> dict:
     c = ctx.cfg.distill
+    L.seed_everything(ctx.cfg.seed, verbose=False)
     module = DistillModule(student, ctx.target, dm.val_domains, c.loss, c.ce_weight, lr, c.weight_decay,
                            min(c.warmup_steps, steps), steps)
     ckpt = ctx.run.path / ".checkpoints" / name

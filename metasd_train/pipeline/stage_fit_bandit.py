@@ -31,7 +31,6 @@ def run(ctx: StageContext) -> dict:
     bcfg = OmegaConf.to_container(b)
     fit_rows = [r for r in rows if r["request"] % 2 == 0]
     requests = by_request([r for r in rows if r["request"] % 2 == 1]) or by_request(rows)
-    budget = int(ctx.cfg.decode.max_new_tokens)
 
     def warm(name):
         def make():
@@ -40,12 +39,12 @@ def run(ctx: StageContext) -> dict:
             return policy
         return make
 
-    results = {f"{p} (warm)": replay(requests, warm(p), feat, b.reward, budget) for p in ("linucb", "ucb", "thompson")}
+    results = {f"{p} (warm)": replay(requests, warm(p), feat, b.reward) for p in ("linucb", "ucb", "thompson")}
     for p in COMPARED:
-        results[p] = replay(requests, lambda p=p: make_policy(p, len(names), bcfg, dim=b.context_dim), feat, b.reward, budget)
+        results[p] = replay(requests, lambda p=p: make_policy(p, len(names), bcfg, dim=b.context_dim), feat, b.reward)
     for a, n in enumerate(names):
-        results[f"fixed:{n}"] = fixed_tau(requests, a, len(names), budget)
-    results["oracle (per domain)"] = oracle_tau(requests, len(names), budget)
+        results[f"fixed:{n}"] = fixed_tau(requests, a, len(names))
+    results["oracle (per domain)"] = oracle_tau(requests, len(names))
     best_fixed = max((k for k in results if k.startswith("fixed:")), key=lambda k: results[k]["all"])
     sep = {rw: separation(rows, rw) for rw in ("divergence", "efficiency")}
 
@@ -54,7 +53,7 @@ def run(ctx: StageContext) -> dict:
     domains = [k for k in results["oracle (per domain)"] if k != "all"]
     with atomic_dir(ctx.run.stage_dir("fit_bandit")) as out:
         save_bandit(out, policy, b.policy, names, bcfg, feat)
-        write_json(out / "replay.json", {"tau": results, "best_fixed": best_fixed, "separation": sep, "budget": budget})
+        write_json(out / "replay.json", {"tau": results, "best_fixed": best_fixed, "separation": sep})
         plots.bars(domains + ["all"], {k: [v[d] for d in domains + ["all"]] for k, v in results.items()
                                        if not k.startswith("fixed:") or k == best_fixed},
                    "replayed τ by policy", "tokens per round", out / "replay_tau.png")

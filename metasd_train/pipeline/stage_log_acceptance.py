@@ -1,20 +1,21 @@
-"""Stage `log_acceptance`: every arm decodes every held-out prompt; one row per round."""
+"""Stage `log_acceptance`: for every held-out prompt, what every arm would have accepted at every
+position of the target's greedy answer (exact full-information log), plus a τ heatmap."""
 
 from __future__ import annotations
 
 from collections import defaultdict
 
 import datasets
+import torch
 from rich.progress import Progress
 from rich.table import Table
 
 from metasd_train.atomic import atomic_dir
-from metasd_train.bandit.chooser import BanditChooser
-from metasd_train.bandit.policies import FixedArm
-from metasd_train.data.acceptance_log import rows_of, to_dataset
+from metasd_train.bandit.replay import by_request, fixed_tau
+from metasd_train.data.acceptance_log import arm_rows, forward_seconds
 from metasd_train.pipeline import plots
 from metasd_train.pipeline.context import StageContext
-from metasd_train.pipeline.ensemble import build_arms, distill_specs, make_engine
+from metasd_train.pipeline.ensemble import build_arms, distill_specs, eos_ids, make_engine
 
 
 def heldout(ctx: StageContext) -> list[dict]:
@@ -26,33 +27,47 @@ def heldout(ctx: StageContext) -> list[dict]:
     return [r for d in sorted(per_domain) for r in per_domain[d]]
 
 
+@torch.inference_mode()
+def committed(target, prompt: list[int], n: int, eos: list[int]) -> list[int]:
+    """The target's own greedy answer: what every lossless greedy arm commits."""
+    out = target.generate(torch.tensor([prompt], device=target.device), do_sample=False, max_new_tokens=n,
+                          eos_token_id=eos, pad_token_id=eos[0])
+    return out[0].tolist()
+
+
 def run(ctx: StageContext) -> dict:
-    cfg = ctx.cfg
-    d = cfg.drafter
+    cfg, d = ctx.cfg, ctx.cfg.drafter
     arms = build_arms(distill_specs(ctx.run.require("distill")), ctx.target, ctx.tokenizer, d.gamma, d.ngram, d.ngram_gamma)
     engine = make_engine(ctx.target, ctx.tokenizer, arms, cfg.decode)
-    prompts = heldout(ctx)
+    eos = eos_ids(ctx.target, ctx.tokenizer)
+    t_verify = forward_seconds(ctx.target, ctx.device, d.gamma + 1)
+    t_token = [forward_seconds(a.lm.model, ctx.device, 1) if a.kind == "model" else 0.0 for a in arms]
     rows = []
+    prompts = heldout(ctx)
     with Progress() as progress:
-        task = progress.add_task("log_acceptance", total=len(prompts) * len(arms))
+        task = progress.add_task("log_acceptance", total=len(prompts))
         for req, row in enumerate(prompts):
-            for i in range(len(arms)):
-                gen = engine.generate(row["prompt_ids"], cfg.decode.max_new_tokens, BanditChooser(FixedArm(len(arms), i)))
-                rows.extend(rows_of(gen, req, row["domain"], i))
-                progress.advance(task)
+            seq = committed(ctx.target, row["prompt_ids"], cfg.decode.max_new_tokens, eos)
+            _, rctx = engine.prefill(row["prompt_ids"], 1)
+            feats = [] if rctx.features is None else rctx.features.float().tolist()
+            for i, arm in enumerate(arms):
+                for t, (k, n, div) in enumerate(arm_rows(arm, seq, len(row["prompt_ids"]), ctx.device)):
+                    t_draft = k * t_token[i]
+                    rows.append({"request": req, "domain": row["domain"], "round": t, "arm": i, "arm_name": arm.name,
+                                 "drafted": k, "accepted": n, "divergence": div, "efficiency": n / k if k else 0.0,
+                                 "throughput": (n + 1) / (k + 1) * t_verify / (t_draft + t_verify),
+                                 "t_draft": t_draft, "t_verify": t_verify, "features": feats})
+            progress.advance(task)
     names = [a.name for a in arms]
-    domains = sorted({r["domain"] for r in rows})
-    tau = [[_tau(rows, a, dom) for dom in domains] for a in range(len(arms))]
+    requests = by_request(rows)
+    taus = [fixed_tau(requests, a, len(arms)) for a in range(len(arms))]
+    domains = [k for k in taus[0] if k != "all"]
     with atomic_dir(ctx.run.stage_dir("log_acceptance")) as out:
-        to_dataset(rows).save_to_disk(str(out / "rounds"))
-        plots.heatmap(tau, names, domains, "mean accepted length τ (tokens/round)", out / "tau_heatmap.png")
-    table = Table("drafter", *domains, title="τ (tokens per round) on held-out prompts")
-    for name, vals in zip(names, tau):
-        table.add_row(name, *[f"{v:.2f}" for v in vals])
+        datasets.Dataset.from_list(rows).save_to_disk(str(out / "rounds"))
+        plots.heatmap([[t[dom] for dom in domains] for t in taus], names, domains,
+                      "τ (tokens per round, greedy) on held-out prompts", out / "tau_heatmap.png")
+    table = Table("drafter", *domains, "all", title="τ (tokens per round, greedy) on held-out prompts")
+    for name, t in zip(names, taus):
+        table.add_row(name, *[f"{t[k]:.2f}" for k in domains + ["all"]])
     ctx.log(table)
-    return {"rows": len(rows), "tau": {n: dict(zip(domains, map(lambda v: round(v, 3), vals))) for n, vals in zip(names, tau)}}
-
-
-def _tau(rows: list[dict], arm: int, domain: str) -> float:
-    sel = [r for r in rows if r["arm"] == arm and r["domain"] == domain]
-    return sum(r["accepted"] + 1 for r in sel) / max(len(sel), 1)
+    return {"rows": len(rows), "tau": {n: {k: round(v, 3) for k, v in t.items()} for n, t in zip(names, taus)}}

@@ -1,0 +1,155 @@
+"""The whole pipeline on the tiny recipe: outputs, resume, regeneration, export, decode."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from metasd_train.config import compose
+from metasd_train.errors import UserError
+from metasd_train.pipeline.run_dir import RunDir
+from metasd_train.pipeline.runner import train
+
+STAGES = ["data", "distill", "log_acceptance", "fit_bandit", "export"]
+
+
+def run_tiny(path, *overrides):
+    return train(compose(["recipe=tiny", f"run_dir={path}", *overrides]), root=str(path.parent))
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    return run_tiny(tmp_path_factory.mktemp("runs") / "full")
+
+
+def finished(run: RunDir) -> dict:
+    return {k: v["finished"] for k, v in run.manifest()["stages"].items()}
+
+
+def test_full_run_writes_every_stage(full_run):
+    p = full_run.path
+    assert list(full_run.manifest()["stages"]) == STAGES
+    for f in ("config.yaml", "data/prompts", "data/examples", "distill/generalist/model.safetensors",
+              "distill/specialists/code/adapter_model.safetensors", "log_acceptance/rounds", "log_acceptance/tau_heatmap.png",
+              "fit_bandit/bandit.safetensors", "fit_bandit/replay.json", "fit_bandit/reward_separation.png",
+              "export/ensemble.json", "export/code/README.md", "export/code/adapter/adapter_config.json"):
+        assert (p / f).exists(), f
+    assert not list(p.glob(".*.tmp")) and not (p / ".data.partial").exists()
+    card = (p / "export/code/README.md").read_text()
+    assert card.startswith("---\nbase_model: random") and "| code |" in card
+
+
+def test_killed_between_stages_resumes_with_the_same_outputs(full_run, tmp_path):
+    path = tmp_path / "resumed"
+    run_tiny(path, "stages=[data,distill]")  # "killed" after distill
+    before = finished(RunDir(path))
+    run = run_tiny(path)  # the same command again
+    after = finished(run)
+    assert {k: after[k] for k in before} == before  # finished stages were skipped
+    assert list(after) == STAGES
+    for name in ("generalist", "code", "math"):
+        a = load_file(str(full_run.path / "export" / name / "model.safetensors"))
+        b = load_file(str(run.path / "export" / name / "model.safetensors"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ja = json.loads((full_run.path / "fit_bandit/replay.json").read_text())
+    jb = json.loads((run.path / "fit_bandit/replay.json").read_text())
+    assert ja == jb
+
+
+def test_failure_inside_a_stage_leaves_no_half_written_output(tmp_path, monkeypatch):
+    import metasd_train.pipeline.stage_distill as stage
+
+    path = tmp_path / "crash"
+
+    def boom(*a, **k):
+        raise RuntimeError("killed mid-stage")
+
+    monkeypatch.setattr(stage, "_train", boom)
+    with pytest.raises(RuntimeError):
+        run_tiny(path)
+    assert (path / "data").exists() and not (path / "distill").exists()
+    assert list(RunDir(path).manifest()["stages"]) == ["data"]
+    monkeypatch.undo()
+    assert list(run_tiny(path).manifest()["stages"]) == STAGES
+
+
+def test_deleting_one_stage_output_regenerates_only_that_stage(full_run, tmp_path):
+    path = tmp_path / "copy"
+    shutil.copytree(full_run.path, path)
+    before = finished(RunDir(path))
+    shutil.rmtree(path / "fit_bandit")
+    after = finished(run_tiny(path))
+    changed = [k for k in STAGES if after[k] != before[k]]
+    assert changed == ["fit_bandit"]
+
+
+def test_resuming_with_another_target_is_refused(full_run):
+    with pytest.raises(UserError, match="was made with target.name"):
+        compose_and_open = compose(["recipe=tiny", f"run_dir={full_run.path}", "target.name=smollm2-135m-instruct"])
+        RunDir.create_or_open(compose_and_open)
+
+
+def test_decode_refuses_an_ensemble_trained_for_another_target(full_run, tmp_path):
+    from metasd_train.pipeline.decoding import decode, parse
+
+    export = tmp_path / "export"
+    shutil.copytree(full_run.path / "export", export)
+    manifest = json.loads((export / "ensemble.json").read_text())
+    manifest["target"]["seed"] = 123  # a different random target
+    (export / "ensemble.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match="fingerprint"):
+        decode(parse([f"run={export}", "prompt=hi", "quiet=true"]))
+
+
+def test_decode_answers_a_question_file(full_run, tmp_path):
+    from metasd_train.pipeline.decoding import decode, parse
+
+    q = tmp_path / "q.jsonl"
+    q.write_text('{"question_id": 1, "category": "code", "turns": ["Write a loop.", "Now in C."]}\n'
+                 '{"question_id": 2, "category": "math", "turns": ["What is 3+4?"]}\n')
+    summary = decode(parse([f"run={full_run.path}", f"prompts={q}", "max_new_tokens=8", "quiet=true"]))
+    answers = [json.loads(line) for line in (tmp_path / "q.answers.jsonl").read_text().splitlines()]
+    assert [len(a["answers"]) for a in answers] == [2, 1]
+    assert set(summary) == {"code", "math", "all"} and summary["all"]["requests"] == 3
+    assert summary["all"]["speedup"] > 0 and (tmp_path / "q.answers.arms.png").exists()
+
+
+def test_exported_drafter_matches_hf_assisted_generation(full_run, monkeypatch):
+    """Plain transformers loads the export; HF assisted generation's match counts equal our accepted counts."""
+    from transformers import AutoModelForCausalLM
+    from transformers.generation.candidate_generator import AssistedCandidateGenerator
+
+    from metasd_train.bandit.chooser import BanditChooser
+    from metasd_train.bandit.policies import FixedArm
+    from metasd_train.decoding.arms import ModelArm
+    from metasd_train.decoding.engine import SpecEngine
+    from metasd_train.models import load_model
+
+    manifest = json.loads((full_run.path / "export/ensemble.json").read_text())
+    target = load_model(manifest["target"], "cpu").model
+    drafter = AutoModelForCausalLM.from_pretrained(full_run.path / "export/generalist", dtype=torch.float32).eval()
+    gamma = 3
+    drafter.generation_config.num_assistant_tokens = gamma
+    drafter.generation_config.num_assistant_tokens_schedule = "constant"
+    drafter.generation_config.assistant_confidence_threshold = 0.0
+    matches = []
+    original = AssistedCandidateGenerator.update_candidate_strategy
+
+    def record(self, input_ids, scores, num_matches):
+        matches.append(int(num_matches))
+        return original(self, input_ids, scores, num_matches)
+
+    monkeypatch.setattr(AssistedCandidateGenerator, "update_candidate_strategy", record)
+    engine = SpecEngine(target, [ModelArm("generalist", drafter, target.config.vocab_size, gamma)], eos_ids=[])
+    total = 0
+    for prompt in ([5, 17, 300, 42], [1000, 2000, 3000], [7] * 6):
+        matches.clear()
+        hf = target.generate(torch.tensor([prompt]), assistant_model=drafter, do_sample=False, max_new_tokens=20,
+                             eos_token_id=None, pad_token_id=0)
+        ours = engine.generate(prompt, 20, BanditChooser(FixedArm(1)))
+        assert ours.tokens == hf[0, len(prompt):].tolist()
+        assert [r.accepted for r in ours.rounds] == matches
+        total += sum(matches)
+    assert 0 < total < 3 * 20  # some drafts accepted, some rejected: the comparison is not trivial

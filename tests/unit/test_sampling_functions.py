@@ -1,0 +1,55 @@
+"""Each acceptance branch pinned down with hand-written distributions (litgpt's stub style)."""
+
+import torch
+
+from metasd_train.decoding.sampling import SamplingParams, align_vocab, block_divergence, logits_to_probs, verify_greedy, verify_sampling
+
+
+def onehot(i, v=5):
+    return torch.nn.functional.one_hot(torch.tensor(i), v).float()
+
+
+def test_greedy_accepts_longest_matching_prefix_then_target_token():
+    logits = torch.stack([onehot(2), onehot(3), onehot(4), onehot(0)]) * 10  # target argmax: 2, 3, 4, 0
+    n, nxt = verify_greedy(logits, torch.tensor([2, 3, 1]))
+    assert (int(n), int(nxt)) == (2, 4)
+    n, nxt = verify_greedy(logits, torch.tensor([2, 3, 4]))
+    assert (int(n), int(nxt)) == (3, 0)  # all accepted: bonus token
+    n, nxt = verify_greedy(logits, torch.tensor([1, 3, 4]))
+    assert (int(n), int(nxt)) == (0, 2)  # later matches after a miss do not count
+
+
+def test_sampling_always_accepts_when_q_equals_p():
+    p = torch.softmax(torch.randn(4, 5), -1)
+    for _ in range(50):
+        n, _ = verify_sampling(p, p[:3], torch.multinomial(p[:3], 1).squeeze(1))
+        assert int(n) == 3
+
+
+def test_sampling_never_accepts_a_token_the_target_gives_zero_and_corrects_from_residual():
+    p = torch.stack([onehot(1), onehot(2)])  # target: certainly 1, then 2
+    q = onehot(3).view(1, 5)  # drafter proposes 3
+    for _ in range(20):
+        n, nxt = verify_sampling(p, q, torch.tensor([3]))
+        assert (int(n), int(nxt)) == (0, 1)
+
+
+def test_residual_excludes_mass_the_drafter_already_covered():
+    p = torch.tensor([[0.5, 0.5, 0, 0, 0], [0.2] * 5])
+    q = torch.tensor([[1.0, 0, 0, 0, 0]])  # drafted token 0: accepted with prob 0.5, else must be 1
+    seen = {int(verify_sampling(p, q, torch.tensor([0]))[1]) for _ in range(200) if int(verify_sampling(p, q, torch.tensor([0]))[0]) == 0}
+    outs = [verify_sampling(p, q, torch.tensor([0])) for _ in range(400)]
+    rejected = [int(t) for n, t in outs if int(n) == 0]
+    assert rejected and set(rejected) == {1} and seen <= {1}
+    assert 0.35 < sum(int(n) for n, _ in outs) / len(outs) < 0.65
+
+
+def test_block_divergence_and_vocab_alignment():
+    p = torch.tensor([[0.5, 0.5, 0.0], [1.0, 0.0, 0.0]])
+    q = torch.tensor([[0.5, 0.5, 0.0], [0.0, 1.0, 0.0]])
+    assert abs(float(block_divergence(p, q)) - 0.5) < 1e-6
+    assert align_vocab(torch.zeros(2, 7), 5).shape == (2, 5)
+    padded = align_vocab(torch.zeros(2, 3), 5)
+    assert padded.shape == (2, 5) and torch.isinf(padded[:, 3:]).all()
+    probs = logits_to_probs(padded, SamplingParams(1.0))
+    assert float(probs[:, 3:].sum()) == 0.0
