@@ -22,7 +22,7 @@ def answer(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batc
     eos = {tokenizer.eos_token_id} | set(_as_list(getattr(model.generation_config, "eos_token_id", None)))
     out: list[list[int]] = []
     task = progress.add_task(label, total=len(prompts)) if progress else None
-    gen = torch.Generator(device=device).manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)  # CPU: only draws the per-batch seeds
     for start in range(0, len(prompts), batch_size):
         batch = prompts[start : start + batch_size]
         width = max(len(p) for p in batch)

@@ -18,12 +18,13 @@ from metasd_train.pipeline.context import StageContext
 
 
 def build_drafter(ctx: StageContext):
+    """The student, in fp32 master weights (bf16-mixed autocasts its compute; the teacher stays bf16)."""
     d = ctx.cfg.drafter
     if d.kind == "truncated":
-        return truncated(ctx.target, d.layers, d.freeze_embeddings)
+        return truncated(ctx.target, d.layers, d.freeze_embeddings).float()
     if d.kind == "fresh":
-        return fresh(ctx.target, OmegaConf.to_container(d.config), ctx.cfg.seed)
-    loaded = load_model({"name": d.path, "dtype": ctx.cfg.target.dtype}, ctx.device)
+        return fresh(ctx.target, OmegaConf.to_container(d.config), ctx.cfg.seed).float()
+    loaded = load_model({"name": d.path, "dtype": "fp32"}, ctx.device)
     check_tokenizers(ctx.tokenizer, loaded.tokenizer, f"drafter {d.path}")
     check_vocab(ctx.target.config.vocab_size, loaded.model.config.vocab_size, f"drafter {d.path}", len(ctx.tokenizer))
     return loaded.model

@@ -37,10 +37,9 @@ def test_sampling_never_accepts_a_token_the_target_gives_zero_and_corrects_from_
 def test_residual_excludes_mass_the_drafter_already_covered():
     p = torch.tensor([[0.5, 0.5, 0, 0, 0], [0.2] * 5])
     q = torch.tensor([[1.0, 0, 0, 0, 0]])  # drafted token 0: accepted with prob 0.5, else must be 1
-    seen = {int(verify_sampling(p, q, torch.tensor([0]))[1]) for _ in range(200) if int(verify_sampling(p, q, torch.tensor([0]))[0]) == 0}
     outs = [verify_sampling(p, q, torch.tensor([0])) for _ in range(400)]
     rejected = [int(t) for n, t in outs if int(n) == 0]
-    assert rejected and set(rejected) == {1} and seen <= {1}
+    assert rejected and set(rejected) == {1}
     assert 0.35 < sum(int(n) for n, _ in outs) / len(outs) < 0.65
 
 
