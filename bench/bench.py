@@ -28,8 +28,19 @@ from metasd_train.pipeline import plots
 from metasd_train.pipeline.decoding import DecodeArgs, _chat, load_ensemble, make_chooser, read_questions
 from metasd_train.pipeline.ensemble import eos_ids, make_engine
 
-ARGS = {"run": "", "prompts": "", "per_category": 2, "max_new_tokens": 128, "out": "bench/results", "compile": True,
-        "assisted": "generalist", "sampled": True, "budget_s": 480.0, "commit": "unknown", "device": "auto"}
+ARGS = {
+    "run": "",
+    "prompts": "",
+    "per_category": 2,
+    "max_new_tokens": 128,
+    "out": "bench/results",
+    "compile": True,
+    "assisted": "generalist",
+    "sampled": True,
+    "budget_s": 480.0,
+    "commit": "unknown",
+    "device": "auto",
+}
 
 
 def sync():
@@ -55,7 +66,7 @@ def run_hf(target, prompts, n, eos, **kw) -> list[dict]:
         t = time.perf_counter()
         out = target.generate(x, max_new_tokens=n, eos_token_id=eos, pad_token_id=eos[0], **kw)
         sync()
-        rows.append({"category": cat, "tokens": out[0, len(ids):].tolist(), "seconds": time.perf_counter() - t})
+        rows.append({"category": cat, "tokens": out[0, len(ids) :].tolist(), "seconds": time.perf_counter() - t})
     return rows
 
 
@@ -64,10 +75,20 @@ def run_engine(engine, chooser, prompts, n) -> list[dict]:
     for ids, cat in prompts:
         gen = engine.generate(ids, n, chooser)
         s = gen.summary()
-        rows.append({"category": cat, "tokens": gen.tokens, "seconds": gen.seconds, "rounds": len(gen.rounds),
-                     "arms": [r.arm_name for r in gen.rounds], "bandit_s": sum(r.t_bandit for r in gen.rounds),
-                     "draft_s": sum(r.t_draft for r in gen.rounds), "verify_s": sum(r.t_verify for r in gen.rounds),
-                     "catchup_s": sum(r.t_catchup for r in gen.rounds), "tau": s["tau"]})
+        rows.append(
+            {
+                "category": cat,
+                "tokens": gen.tokens,
+                "seconds": gen.seconds,
+                "rounds": len(gen.rounds),
+                "arms": [r.arm_name for r in gen.rounds],
+                "bandit_s": sum(r.t_bandit for r in gen.rounds),
+                "draft_s": sum(r.t_draft for r in gen.rounds),
+                "verify_s": sum(r.t_verify for r in gen.rounds),
+                "catchup_s": sum(r.t_catchup for r in gen.rounds),
+                "tau": s["tau"],
+            }
+        )
     return rows
 
 
@@ -90,7 +111,9 @@ def aggregate(rows: list[dict]) -> dict:
                     arms[a] += 1
             row["arm_share"] = {a: c / rounds for a, c in sorted(arms.items())}
             row["bandit_share"] = sum(r["bandit_s"] for r in rs) / secs
-            row["time_split"] = {k: sum(r[f"{k}_s"] for r in rs) / secs for k in ("draft", "verify", "catchup", "bandit")}
+            row["time_split"] = {
+                k: sum(r[f"{k}_s"] for r in rs) / secs for k in ("draft", "verify", "catchup", "bandit")
+            }
         out[cat] = row
     return out
 
@@ -116,7 +139,10 @@ def main(argv: list[str]) -> None:
         t = time.perf_counter()
         rows = fn()
         results[name] = {"rows": rows, "agg": aggregate(rows), "wall_s": time.perf_counter() - t}
-        print(f"{name:<34} {results[name]['agg']['all']['tokens_per_s']:8.1f} tok/s  ({time.perf_counter() - t:.0f}s)", flush=True)
+        print(
+            f"{name:<34} {results[name]['agg']['all']['tokens_per_s']:8.1f} tok/s  ({time.perf_counter() - t:.0f}s)",
+            flush=True,
+        )
         return rows
 
     run_hf(model, prompts[:1], 8, eos, do_sample=False)  # CUDA context and kernels warm
@@ -125,38 +151,56 @@ def main(argv: list[str]) -> None:
         t = time.perf_counter()
         run_hf(model, prompts[:1], n, eos, do_sample=False, cache_implementation="static")
         notes["hf_static_compile_warmup_s"] = time.perf_counter() - t
-        timed("hf_generate_static_compile", lambda: run_hf(model, prompts, n, eos, do_sample=False, cache_implementation="static"))
+        timed(
+            "hf_generate_static_compile",
+            lambda: run_hf(model, prompts, n, eos, do_sample=False, cache_implementation="static"),
+        )
     names = [a.name for a in arms]
     for name in [s for s in str(args.assisted).split(",") if s in names]:
         drafter = arms[names.index(name)].lm.model
         drafter.generation_config.num_assistant_tokens = arms[names.index(name)].gamma
         drafter.generation_config.num_assistant_tokens_schedule = "constant"
         drafter.generation_config.assistant_confidence_threshold = 0.0
-        timed(f"hf_assisted:{name}", lambda d=drafter: run_hf(model, prompts, n, eos, do_sample=False, assistant_model=d))
+        timed(
+            f"hf_assisted:{name}", lambda d=drafter: run_hf(model, prompts, n, eos, do_sample=False, assistant_model=d)
+        )
     engine = make_engine(model, tok, arms, greedy)
     for i, name in enumerate(names):
         timed(f"engine_fixed:{name}", lambda i=i: run_engine(engine, BanditChooser(FixedArm(len(arms), i)), prompts, n))
     bcfg = json.loads((folder / "bandit/bandit.json").read_text())["config"]
     for pname, reward in (("ucb", "divergence"), ("exp3", "divergence")):
-        timed(f"metasd:{pname}-{reward}", lambda p=pname, r=reward: run_engine(
-            engine, BanditChooser(make_policy(p, len(arms), bcfg), r), prompts, n))
+        timed(
+            f"metasd:{pname}-{reward}",
+            lambda p=pname, r=reward: run_engine(engine, BanditChooser(make_policy(p, len(arms), bcfg), r), prompts, n),
+        )
     timed("metasd:linucb-warm", lambda: run_engine(engine, make_chooser(dargs, folder, manifest, arms), prompts, n))
     full = make_engine(model, tok, arms, greedy, full_feedback=True)
-    timed("metasd:linucb-warm-full-info", lambda: run_engine(full, make_chooser(dargs, folder, manifest, arms), prompts, n))
-    oracle_rows = []
+    timed(
+        "metasd:linucb-warm-full-info",
+        lambda: run_engine(full, make_chooser(dargs, folder, manifest, arms), prompts, n),
+    )
     fixed = {k: v for k, v in results.items() if k.startswith("engine_fixed:")}
-    for cat in {c for _, c in prompts}:
-        best = max(fixed, key=lambda k: fixed[k]["agg"][cat]["tokens_per_s"])
-        notes[f"oracle_arm:{cat}"] = best
-        oracle_rows += [r for r in fixed[best]["rows"] if r["category"] == cat]
+    best = {cat: max(fixed, key=lambda k: fixed[k]["agg"][cat]["tokens_per_s"]) for cat in {c for _, c in prompts}}
+    notes.update({f"oracle_arm:{cat}": b for cat, b in best.items()})
+    oracle_rows = [fixed[best[cat]]["rows"][i] for i, (_, cat) in enumerate(prompts)]  # prompt order, as the reference
     results["oracle_per_category"] = {"rows": oracle_rows, "agg": aggregate(oracle_rows), "wall_s": 0.0}
-    mismatches = {k: sum(a["tokens"] != b["tokens"] for a, b in zip(v["rows"], ref))
-                  for k, v in results.items() if k != "hf_generate_static_compile" and "sampled" not in k}
+    mismatches = {
+        k: sum(a["tokens"] != b["tokens"] for a, b in zip(v["rows"], ref))
+        for k, v in results.items()
+        if k != "hf_generate_static_compile" and "sampled" not in k
+    }
     if args.sampled:
         sampled = OmegaConf.create({**greedy, "temperature": 0.7})
-        timed("sampled_T0.7:hf_generate_eager", lambda: run_hf(model, prompts, n, eos, do_sample=True, temperature=0.7, top_k=None, top_p=1.0))
-        timed("sampled_T0.7:metasd:linucb-warm", lambda: run_engine(make_engine(model, tok, arms, sampled),
-                                                                    make_chooser(dargs, folder, manifest, arms), prompts, n))
+        timed(
+            "sampled_T0.7:hf_generate_eager",
+            lambda: run_hf(model, prompts, n, eos, do_sample=True, temperature=0.7, top_k=None, top_p=1.0),
+        )
+        timed(
+            "sampled_T0.7:metasd:linucb-warm",
+            lambda: run_engine(
+                make_engine(model, tok, arms, sampled), make_chooser(dargs, folder, manifest, arms), prompts, n
+            ),
+        )
     report(args, results, notes, mismatches, manifest, model, time.perf_counter() - start)
 
 
@@ -164,32 +208,60 @@ def report(args, results, notes, mismatches, manifest, model, total_s) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     card = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"
-    base_name = "hf_generate_static_compile" if "hf_generate_static_compile" in results else "hf_generate_eager"
-    best_ar = max((k for k in ("hf_generate_eager", "hf_generate_static_compile") if k in results),
-                  key=lambda k: results[k]["agg"]["all"]["tokens_per_s"])
-    meta = {"card": card, "dtype": str(model.dtype), "torch": torch.__version__, "transformers": __import__("transformers").__version__,
-            "python": sys.version.split()[0], "target": manifest["target"]["name"], "prompts": args.prompts,
-            "per_category": args.per_category, "max_new_tokens": args.max_new_tokens, "commit": args.commit,
-            "baseline_2": best_ar, "total_s": total_s, "notes": notes, "greedy_mismatches_vs_hf_eager": mismatches}
+    best_ar = max(
+        (k for k in ("hf_generate_eager", "hf_generate_static_compile") if k in results),
+        key=lambda k: results[k]["agg"]["all"]["tokens_per_s"],
+    )
+    meta = {
+        "card": card,
+        "dtype": str(model.dtype),
+        "torch": torch.__version__,
+        "transformers": __import__("transformers").__version__,
+        "python": sys.version.split()[0],
+        "target": manifest["target"]["name"],
+        "prompts": args.prompts,
+        "per_category": args.per_category,
+        "max_new_tokens": args.max_new_tokens,
+        "commit": args.commit,
+        "baseline_2": best_ar,
+        "total_s": total_s,
+        "notes": notes,
+        "greedy_mismatches_vs_hf_eager": mismatches,
+    }
     base = results[best_ar]["agg"]["all"]["tokens_per_s"]
-    (out / "results.json").write_text(json.dumps({"meta": meta, "results": {k: v["agg"] for k, v in results.items()}}, indent=1))
+    (out / "results.json").write_text(
+        json.dumps({"meta": meta, "results": {k: v["agg"] for k, v in results.items()}}, indent=1)
+    )
     cats = sorted(c for c in results["hf_generate_eager"]["agg"] if c != "all") + ["all"]
-    lines = [f"# Benchmark: {manifest['target']['name']} on {card}", "",
-             f"dtype {model.dtype}, torch {meta['torch']}, transformers {meta['transformers']}, greedy unless marked, "
-             f"{args.max_new_tokens} new tokens, {args.per_category} prompts per category from `{args.prompts}`, commit {args.commit}.",
-             f"Speed-up is against ({best_ar}), the fastest autoregressive baseline in this run. "
-             f"Greedy outputs differing from HF eager: {mismatches}.", "",
-             "| config | " + " | ".join(f"{c} tok/s" for c in cats) + " | speed-up | τ | bandit share |",
-             "|---|" + "---|" * (len(cats) + 3)]
+    lines = [
+        f"# Benchmark: {manifest['target']['name']} on {card}",
+        "",
+        f"dtype {model.dtype}, torch {meta['torch']}, transformers {meta['transformers']}, greedy unless marked, "
+        f"{args.max_new_tokens} new tokens, {args.per_category} prompts per category from `{args.prompts}`, commit {args.commit}.",
+        f"Speed-up is against ({best_ar}), the fastest autoregressive baseline in this run. "
+        f"Greedy outputs differing from HF eager: {mismatches}.",
+        "",
+        "| config | " + " | ".join(f"{c} tok/s" for c in cats) + " | speed-up | τ | bandit share |",
+        "|---|" + "---|" * (len(cats) + 3),
+    ]
     for k, v in results.items():
         a = v["agg"]
-        lines.append(f"| {k} | " + " | ".join(f"{a[c]['tokens_per_s']:.1f}" if c in a else "-" for c in cats)
-                     + f" | {a['all']['tokens_per_s'] / base:.2f}x | {a['all'].get('tau', float('nan')):.2f} | "
-                     + (f"{a['all']['bandit_share']:.2%}" if "bandit_share" in a["all"] else "-") + " |")
+        lines.append(
+            f"| {k} | "
+            + " | ".join(f"{a[c]['tokens_per_s']:.1f}" if c in a else "-" for c in cats)
+            + f" | {a['all']['tokens_per_s'] / base:.2f}x | {a['all'].get('tau', float('nan')):.2f} | "
+            + (f"{a['all']['bandit_share']:.2%}" if "bandit_share" in a["all"] else "-")
+            + " |"
+        )
     lines += ["", "Notes: " + json.dumps(notes)]
     (out / "results.md").write_text("\n".join(lines) + "\n")
-    plots.bars(["all"], {k: [v["agg"]["all"]["tokens_per_s"]] for k, v in results.items()},
-               f"tokens/s on {card}", "tokens/s", out / "tokens_per_s.png")
+    plots.bars(
+        ["all"],
+        {k: [v["agg"]["all"]["tokens_per_s"]] for k, v in results.items()},
+        f"tokens/s on {card}",
+        "tokens/s",
+        out / "tokens_per_s.png",
+    )
     print("\n".join(lines))
 
 

@@ -12,8 +12,13 @@ REWARDS = ("divergence", "efficiency", "throughput")
 class BanditChooser:
     """The engine's Chooser over a Policy; `reset_per_request` re-explores on every request."""
 
-    def __init__(self, policy: Policy, reward: str = "divergence", featurizer: Featurizer | None = None,
-                 reset_per_request: bool = False):
+    def __init__(
+        self,
+        policy: Policy,
+        reward: str = "divergence",
+        featurizer: Featurizer | None = None,
+        reset_per_request: bool = False,
+    ):
         if reward not in REWARDS:
             raise ValueError(f"reward must be one of {REWARDS}")
         self.policy, self.reward, self.featurizer = policy, reward, featurizer

@@ -239,8 +239,16 @@ class LinUCB(Policy):
         self.b.copy_(state["b"])
 
 
-POLICIES = {"ucb": UCB, "exp3": EXP3, "seqhalving": SequentialHalving, "thompson": Thompson,
-            "random": RandomArm, "fixed": FixedArm, "round_robin": RoundRobin, "linucb": LinUCB}
+POLICIES = {
+    "ucb": UCB,
+    "exp3": EXP3,
+    "seqhalving": SequentialHalving,
+    "thompson": Thompson,
+    "random": RandomArm,
+    "fixed": FixedArm,
+    "round_robin": RoundRobin,
+    "linucb": LinUCB,
+}
 
 
 def make_policy(name: str, n_arms: int, cfg=None, dim: int = 16, fixed_arm: int = 0) -> Policy:

@@ -20,15 +20,22 @@ def by_request(rows: list[dict]) -> dict[int, dict]:
     """{request: {domain, features, length, arms: {arm: {position: row}}}}."""
     out: dict[int, dict] = {}
     for r in rows:
-        req = out.setdefault(r["request"], {"domain": r["domain"], "features": r["features"], "length": 0,
-                                            "arms": defaultdict(dict)})
+        req = out.setdefault(
+            r["request"], {"domain": r["domain"], "features": r["features"], "length": 0, "arms": defaultdict(dict)}
+        )
         req["arms"][r["arm"]][r["round"]] = r
         req["length"] = max(req["length"], r["round"] + 1)
     return out
 
 
-def play(requests: dict[int, dict], make: Callable[[], Policy], featurizer: Featurizer | None = None,
-         reward: str = "divergence", persist: bool = True, choose: Callable[[dict], int] | None = None):
+def play(
+    requests: dict[int, dict],
+    make: Callable[[], Policy],
+    featurizer: Featurizer | None = None,
+    reward: str = "divergence",
+    persist: bool = True,
+    choose: Callable[[dict], int] | None = None,
+):
     """(tokens, rounds) per domain; `persist` keeps learning across requests; `choose` overrides the policy."""
     policy = make()
     tokens, rounds = defaultdict(int), defaultdict(int)

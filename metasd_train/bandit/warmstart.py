@@ -20,7 +20,9 @@ def design(rows: list[dict], featurizer: Featurizer, reward: str) -> tuple[torch
     return xs, arms, rewards
 
 
-def warm_start(policy: Policy, xs: torch.Tensor, arms: torch.Tensor, rewards: torch.Tensor, weight: float = 1.0) -> None:
+def warm_start(
+    policy: Policy, xs: torch.Tensor, arms: torch.Tensor, rewards: torch.Tensor, weight: float = 1.0
+) -> None:
     """LinUCB: ridge fit; count-based policies: prior counts and sums (scaled by `weight`)."""
     if isinstance(policy, LinUCB):
         policy.fit(xs, arms, rewards, weight)

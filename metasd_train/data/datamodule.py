@@ -41,12 +41,19 @@ class DistillDataModule(L.LightningDataModule):
 
     def train_dataloader(self):
         gen = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self._rows("train", self.domains), batch_size=self.batch_size, shuffle=True, generator=gen,
-                          collate_fn=lambda b: collate(b, self.pad_id))
+        return DataLoader(
+            self._rows("train", self.domains),
+            batch_size=self.batch_size,
+            shuffle=True,
+            generator=gen,
+            collate_fn=lambda b: collate(b, self.pad_id),
+        )
 
     def val_dataloader(self):
-        return [DataLoader(self._rows("val", [d]), batch_size=self.batch_size, collate_fn=lambda b: collate(b, self.pad_id))
-                for d in self.val_domains]
+        return [
+            DataLoader(self._rows("val", [d]), batch_size=self.batch_size, collate_fn=lambda b: collate(b, self.pad_id))
+            for d in self.val_domains
+        ]
 
     @property
     def val_domains(self) -> list[str]:

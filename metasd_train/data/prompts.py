@@ -14,7 +14,9 @@ SPLITS = ("train", "val", "heldout")
 def chat_ids(tokenizer, prompt: str) -> list[int]:
     """Token ids of one user turn plus the assistant prefix (the target's own chat template)."""
     if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+        )
     else:
         text = prompt + "\n"
     return tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -34,7 +36,9 @@ def domain_prompts(domains: dict, tokenizer, max_prompt_tokens: int, split: list
             if len(taken) == src["n"]:
                 break
         if len(taken) < 3:
-            raise UserError(f"data.domains.{domain}: only {len(taken)} prompts fit max_prompt_tokens={max_prompt_tokens}; raise it")
+            raise UserError(
+                f"data.domains.{domain}: only {len(taken)} prompts fit max_prompt_tokens={max_prompt_tokens}; raise it"
+            )
         n_train = round(split[0] * len(taken))
         n_val = max(1, round(split[1] * len(taken)))
         for i, row in enumerate(taken):

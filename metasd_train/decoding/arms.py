@@ -70,7 +70,9 @@ class NgramArm:
 
     kind = "ngram"
 
-    def __init__(self, name: str = "ngram", vocab_size: int = 0, gamma: int = 4, max_ngram: int = 3, min_ngram: int = 1):
+    def __init__(
+        self, name: str = "ngram", vocab_size: int = 0, gamma: int = 4, max_ngram: int = 3, min_ngram: int = 1
+    ):
         self.name, self.gamma, self.vocab_size = name, gamma, vocab_size
         self.max_ngram, self.min_ngram = max_ngram, min_ngram
 

@@ -18,7 +18,13 @@ import torch
 
 from metasd_train.decoding.arms import Sequence
 from metasd_train.decoding.cache import CachedLM
-from metasd_train.decoding.sampling import SamplingParams, block_divergence, logits_to_probs, verify_greedy, verify_sampling
+from metasd_train.decoding.sampling import (
+    SamplingParams,
+    block_divergence,
+    logits_to_probs,
+    verify_greedy,
+    verify_sampling,
+)
 from metasd_train.decoding.timing import Stopwatch
 from metasd_train.errors import UserError
 
@@ -92,8 +98,16 @@ class Chooser:
 class SpecEngine:
     """Lossless speculative decoding over a target and a list of arms chosen per round."""
 
-    def __init__(self, target, arms: list, params: SamplingParams = SamplingParams(), eos_ids=(),
-                 early_stop: float = 0.0, full_feedback: bool = False, max_context: int | None = None):
+    def __init__(
+        self,
+        target,
+        arms: list,
+        params: SamplingParams = SamplingParams(),
+        eos_ids=(),
+        early_stop: float = 0.0,
+        full_feedback: bool = False,
+        max_context: int | None = None,
+    ):
         self.vocab_size = target.config.vocab_size
         self.target = CachedLM(target, self.vocab_size)
         self.arms, self.params = arms, params
@@ -107,7 +121,9 @@ class SpecEngine:
         if prompt_len == 0:
             raise UserError("the prompt is empty: pass at least one token of text")
         if prompt_len >= self.max_context:
-            raise UserError(f"the prompt has {prompt_len} tokens but the target's context is {self.max_context}; shorten it")
+            raise UserError(
+                f"the prompt has {prompt_len} tokens but the target's context is {self.max_context}; shorten it"
+            )
         if max_new_tokens < 1:
             raise UserError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
 
@@ -125,8 +141,13 @@ class SpecEngine:
             features = hidden.float().mean(dim=0).double().cpu()
         return seq, RoundContext(features)
 
-    def generate(self, prompt: list[int], max_new_tokens: int, chooser: Chooser,
-                 on_tokens: Callable[[list[int]], None] | None = None) -> Generation:
+    def generate(
+        self,
+        prompt: list[int],
+        max_new_tokens: int,
+        chooser: Chooser,
+        on_tokens: Callable[[list[int]], None] | None = None,
+    ) -> Generation:
         self.check_request(len(prompt), max_new_tokens)
         start = time.perf_counter()
         seq, ctx = self.prefill(prompt, max_new_tokens)
@@ -149,8 +170,15 @@ class SpecEngine:
             stop = "context"
         if self.device.type == "cuda":
             torch.cuda.synchronize()
-        return Generation(len(prompt), seq.host[len(prompt) :], rounds, stop, time.perf_counter() - start,
-                          [a.name for a in self.arms], ctx.features)
+        return Generation(
+            len(prompt),
+            seq.host[len(prompt) :],
+            rounds,
+            stop,
+            time.perf_counter() - start,
+            [a.name for a in self.arms],
+            ctx.features,
+        )
 
     def step(self, seq: Sequence, ctx: RoundContext, chooser: Chooser, limit: int) -> tuple[RoundRecord, list[int]]:
         """One round: choose, draft, verify, one sync, crop caches, reward; returns the new tokens."""
@@ -180,12 +208,27 @@ class SpecEngine:
             watch.mark("catchup")
         times = watch.durations()
         t_round = time.perf_counter() - t0
-        rec = RoundRecord(ctx.round, i, arm.name, k, n, host[2], n / k if k else 0.0,
-                          (n + 1) / (k + 1) * times["verify"] / max(times["draft"] + times["verify"], 1e-12),
-                          times["draft"], times["verify"], times.get("catchup", 0.0), t_bandit, t_round, idle)
+        rec = RoundRecord(
+            ctx.round,
+            i,
+            arm.name,
+            k,
+            n,
+            host[2],
+            n / k if k else 0.0,
+            (n + 1) / (k + 1) * times["verify"] / max(times["draft"] + times["verify"], 1e-12),
+            times["draft"],
+            times["verify"],
+            times.get("catchup", 0.0),
+            t_bandit,
+            t_round,
+            idle,
+        )
         if allowed > 0:  # an arm that could draft but proposed nothing earns 0: its round still cost a forward
             t1 = time.perf_counter()
-            chooser.observe(ctx, i, {"divergence": rec.divergence, "efficiency": rec.efficiency, "throughput": rec.throughput})
+            chooser.observe(
+                ctx, i, {"divergence": rec.divergence, "efficiency": rec.efficiency, "throughput": rec.throughput}
+            )
             for j, r in idle.items():
                 chooser.observe(ctx, j, {"divergence": r})
             rec.t_bandit += time.perf_counter() - t1

@@ -85,7 +85,9 @@ def verify_greedy(target_logits: torch.Tensor, draft: torch.Tensor) -> tuple[tor
     return n, pred[n]
 
 
-def verify_sampling(p: torch.Tensor, q: torch.Tensor, draft: torch.Tensor, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
+def verify_sampling(
+    p: torch.Tensor, q: torch.Tensor, draft: torch.Tensor, generator=None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Speculative sampling (Leviathan et al. 2023; Chen et al. 2023).
 
     Accept draft i with probability min(1, p_i(d_i) / q_i(d_i)); at the first rejection sample from

@@ -19,17 +19,25 @@ class Frozen:
 
 
 class DistillModule(L.LightningModule):
-    def __init__(self, student, teacher, domains: list[str], loss: str = "tv", ce_weight: float = 0.1,
-                 lr: float = 1e-3, weight_decay: float = 0.0, warmup_steps: int = 5, max_steps: int = 100):
+    def __init__(
+        self,
+        student,
+        teacher,
+        domains: list[str],
+        loss: str = "tv",
+        ce_weight: float = 0.1,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 5,
+        max_steps: int = 100,
+    ):
         super().__init__()
         self.save_hyperparameters(logger=False, ignore=["student", "teacher"])
         self.student = student
         self.teacher = Frozen(teacher)
         self.domains = list(domains)
         names = ("acceptance", "top1", "kd")
-        self.val_metrics = torch.nn.ModuleDict(
-            {f"{m}_{d}": MeanMetric() for m in names for d in self.domains}
-        )
+        self.val_metrics = torch.nn.ModuleDict({f"{m}_{d}": MeanMetric() for m in names for d in self.domains})
 
     def on_fit_start(self) -> None:
         self.teacher.model.to(self.device)
@@ -50,7 +58,9 @@ class DistillModule(L.LightningModule):
         hp = self.hparams
         loss = kd_loss(s, t, hp.loss) if hp.loss != "ce" else torch.zeros((), device=s.device)
         if hp.ce_weight > 0 or hp.loss == "ce":
-            loss = loss + (1.0 if hp.loss == "ce" else hp.ce_weight) * torch.nn.functional.cross_entropy(s.float(), labels)
+            loss = loss + (1.0 if hp.loss == "ce" else hp.ce_weight) * torch.nn.functional.cross_entropy(
+                s.float(), labels
+            )
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         return loss
 
@@ -58,8 +68,11 @@ class DistillModule(L.LightningModule):
         domain = self.domains[dataloader_idx]  # one val dataloader per domain, in this order
         s, t, _ = self._logits(batch)
         n = s.shape[0]
-        for name, value in (("acceptance", acceptance(s, t).mean()), ("top1", (s.argmax(-1) == t.argmax(-1)).float().mean()),
-                            ("kd", kd_loss(s, t, "fkl"))):
+        for name, value in (
+            ("acceptance", acceptance(s, t).mean()),
+            ("top1", (s.argmax(-1) == t.argmax(-1)).float().mean()),
+            ("kd", kd_loss(s, t, "fkl")),
+        ):
             metric = self.val_metrics[f"{name}_{domain}"]
             metric.update(value, weight=n)
             self.log(f"val/{name}/{domain}", metric, on_epoch=True, add_dataloader_idx=False, batch_size=n)

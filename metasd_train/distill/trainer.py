@@ -13,8 +13,15 @@ from metasd_train.data.datamodule import DistillDataModule
 from metasd_train.distill.module import DistillModule
 
 
-def make_trainer(trainer_cfg: dict, log_dir: Path, name: str, max_steps: int = 1, val_every: int | None = None,
-                 ckpt_dir: Path | None = None, accumulate: int = 1) -> L.Trainer:
+def make_trainer(
+    trainer_cfg: dict,
+    log_dir: Path,
+    name: str,
+    max_steps: int = 1,
+    val_every: int | None = None,
+    ckpt_dir: Path | None = None,
+    accumulate: int = 1,
+) -> L.Trainer:
     """`trainer_cfg` passes through to lightning.Trainer (devices, strategy, precision, ...)."""
     kw = dict(trainer_cfg)
     if kw.get("precision") is None:
@@ -26,9 +33,17 @@ def make_trainer(trainer_cfg: dict, log_dir: Path, name: str, max_steps: int = 1
     else:
         kw["enable_checkpointing"] = False
     loggers = [CSVLogger(log_dir, name=name, version=""), TensorBoardLogger(log_dir, name=name, version="")]
-    return L.Trainer(max_steps=max_steps, val_check_interval=val_every, check_val_every_n_epoch=None,
-                     accumulate_grad_batches=accumulate, callbacks=callbacks, logger=loggers,
-                     num_sanity_val_steps=0, enable_model_summary=False, **kw)
+    return L.Trainer(
+        max_steps=max_steps,
+        val_check_interval=val_every,
+        check_val_every_n_epoch=None,
+        accumulate_grad_batches=accumulate,
+        callbacks=callbacks,
+        logger=loggers,
+        num_sanity_val_steps=0,
+        enable_model_summary=False,
+        **kw,
+    )
 
 
 def fit(module: DistillModule, dm: DistillDataModule, trainer: L.Trainer, ckpt_dir: Path) -> None:

@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 
-def model_card(name: str, target: str, recipe: str, license: str, domains: dict, acceptance: dict, tau: dict, kind: str) -> str:
+def model_card(
+    name: str, target: str, recipe: str, license: str, domains: dict, acceptance: dict, tau: dict, kind: str
+) -> str:
     tags = ["speculative-decoding", "draft-model", "metasd", "distillation"] + (["lora"] if kind == "lora" else [])
-    header = "\n".join(["---", f"base_model: {target}", "library_name: transformers", f"license: {license}",
-                        "pipeline_tag: text-generation", "tags:"] + [f"  - {t}" for t in tags] + ["---", ""])
+    header = "\n".join(
+        [
+            "---",
+            f"base_model: {target}",
+            "library_name: transformers",
+            f"license: {license}",
+            "pipeline_tag: text-generation",
+            "tags:",
+        ]
+        + [f"  - {t}" for t in tags]
+        + ["---", ""]
+    )
     rows = "\n".join(
         f"| {d} | {acceptance.get(d, {}).get('acceptance', float('nan')):.3f} | {acceptance.get(d, {}).get('top1', float('nan')):.3f} | "
-        f"{tau.get(d, float('nan')):.2f} |" for d in sorted(set(acceptance) | set(tau))
+        f"{tau.get(d, float('nan')):.2f} |"
+        for d in sorted(set(acceptance) | set(tau))
     )
     sources = ", ".join(f"{d} ({s['source']}, {s['n']} prompts)" for d, s in domains.items())
     return f"""{header}

@@ -27,7 +27,9 @@ def truncated(target, layers: int, freeze_embeddings: bool = True):
     keep = {k: v for k, v in target.state_dict().items() if not _layer_at_or_after(k, layers)}
     missing, unexpected = drafter.load_state_dict(keep, strict=False)
     if [m for m in missing if "rotary" not in m] or unexpected:
-        raise UserError(f"cannot truncate a {type(target).__name__}: weights did not line up ({missing[:2]}, {unexpected[:2]})")
+        raise UserError(
+            f"cannot truncate a {type(target).__name__}: weights did not line up ({missing[:2]}, {unexpected[:2]})"
+        )
     if cfg.tie_word_embeddings:
         drafter.tie_weights()
     if freeze_embeddings:
@@ -49,10 +51,14 @@ def fresh(target, config: dict, seed: int = 0):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     base = target.config
-    kwargs = dict(vocab_size=base.vocab_size, bos_token_id=base.bos_token_id, eos_token_id=base.eos_token_id,
-                  pad_token_id=getattr(base, "pad_token_id", None),
-                  max_position_embeddings=base.max_position_embeddings,
-                  tie_word_embeddings=True)
+    kwargs = dict(
+        vocab_size=base.vocab_size,
+        bos_token_id=base.bos_token_id,
+        eos_token_id=base.eos_token_id,
+        pad_token_id=getattr(base, "pad_token_id", None),
+        max_position_embeddings=base.max_position_embeddings,
+        tie_word_embeddings=True,
+    )
     kwargs.update(dict(config))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -67,10 +73,21 @@ def tiny_llama(vocab_size: int = 32, layers: int = 2, hidden: int = 32, seed: in
     """
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
-                      num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                      max_position_embeddings=1024, bos_token_id=0, eos_token_id=1, pad_token_id=1,
-                      tie_word_embeddings=False, initializer_range=0.3, **extra)
+    cfg = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+        tie_word_embeddings=False,
+        initializer_range=0.3,
+        **extra,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return LlamaForCausalLM(cfg).eval()

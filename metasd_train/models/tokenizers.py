@@ -28,10 +28,14 @@ def check_tokenizers(target_tok, drafter_tok, drafter_name: str = "drafter") -> 
             )
     for attr in ("eos_token_id", "bos_token_id"):
         if getattr(target_tok, attr, None) != getattr(drafter_tok, attr, None):
-            raise UserError(f"{drafter_name}'s {attr} differs from the target's; use a drafter with the target's tokenizer")
+            raise UserError(
+                f"{drafter_name}'s {attr} differs from the target's; use a drafter with the target's tokenizer"
+            )
 
 
-def check_vocab(target_vocab: int, drafter_vocab: int, drafter_name: str = "drafter", tokenizer_size: int | None = None) -> None:
+def check_vocab(
+    target_vocab: int, drafter_vocab: int, drafter_name: str = "drafter", tokenizer_size: int | None = None
+) -> None:
     """Differing vocab sizes are fine (logits are padded or cut) only if both cover the tokenizer."""
     need = tokenizer_size or min(target_vocab, drafter_vocab)
     if drafter_vocab < need:

@@ -54,7 +54,9 @@ def parse(argv: list[str]) -> DecodeArgs:
         OmegaConf.select(args, "run", throw_on_missing=True)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or str(e).splitlines()[0]
-        raise UserError(f"bad decode option {key!r}; valid: {', '.join(f'{k}=' for k in base.keys())} (run=... is required)") from None
+        raise UserError(
+            f"bad decode option {key!r}; valid: {', '.join(f'{k}=' for k in base.keys())} (run=... is required)"
+        ) from None
     out = DecodeArgs(**OmegaConf.to_container(args))
     if any(a in ("prompt=", 'prompt=""', "prompt=''") for a in argv):
         out.prompt = ""  # OmegaConf reads an empty value as null; an empty prompt is an error, not "no prompt"
@@ -66,7 +68,9 @@ def export_dir(run: str) -> Path:
     for cand in (path / "export", path):
         if (cand / "ensemble.json").is_file():
             return cand
-    raise UserError(f"{run} holds no exported ensemble (export/ensemble.json); finish the run: python train.py run_dir={run} ...")
+    raise UserError(
+        f"{run} holds no exported ensemble (export/ensemble.json); finish the run: python train.py run_dir={run} ..."
+    )
 
 
 def load_ensemble(args: DecodeArgs):
@@ -75,15 +79,21 @@ def load_ensemble(args: DecodeArgs):
     device = pick_device(args.device)
     target = load_model({**manifest["target"], "dtype": args.dtype}, device)
     if fingerprint(target.model) != manifest["target"]["fingerprint"]:
-        raise UserError(f"the target {manifest['target']['name']!r} found here is not the one {folder} was trained for "
-                        "(fingerprint mismatch); install the same target or retrain")
+        raise UserError(
+            f"the target {manifest['target']['name']!r} found here is not the one {folder} was trained for "
+            "(fingerprint mismatch); install the same target or retrain"
+        )
     specs = [{**d, "path": str(folder / d["path"])} for d in manifest["drafters"]]
     if args.arm:
         specs = [s for s in specs if s["name"] == args.arm]
     ngram = manifest.get("ngram") and (not args.arm or args.arm == "ngram")
     if args.arm and not specs and not ngram:
-        raise UserError(f"arm={args.arm!r} is not in this ensemble; choose one of: {', '.join(d['name'] for d in manifest['drafters'])}, ngram")
-    arms = build_arms(specs, target.model, target.tokenizer, 4, bool(ngram), (manifest.get("ngram") or {}).get("gamma", 4))
+        raise UserError(
+            f"arm={args.arm!r} is not in this ensemble; choose one of: {', '.join(d['name'] for d in manifest['drafters'])}, ngram"
+        )
+    arms = build_arms(
+        specs, target.model, target.tokenizer, 4, bool(ngram), (manifest.get("ngram") or {}).get("gamma", 4)
+    )
     return manifest, folder, target, arms
 
 
@@ -108,9 +118,15 @@ def read_questions(path: str) -> list[dict]:
             q = json.loads(line)
         except json.JSONDecodeError as e:
             raise UserError(f"{path}:{i} is not valid JSON ({e.msg}); one question object per line") from None
-        if not isinstance(q.get("turns"), list) or not q["turns"] or not all(isinstance(t, str) and t.strip() for t in q["turns"]):
+        if (
+            not isinstance(q.get("turns"), list)
+            or not q["turns"]
+            or not all(isinstance(t, str) and t.strip() for t in q["turns"])
+        ):
             raise UserError(f"{path}:{i} needs a non-empty 'turns' list of non-empty strings")
-        out.append({"question_id": q.get("question_id", i), "category": q.get("category", "default"), "turns": q["turns"]})
+        out.append(
+            {"question_id": q.get("question_id", i), "category": q.get("category", "default"), "turns": q["turns"]}
+        )
     if not out:
         raise UserError(f"{path} holds no questions")
     return out
@@ -119,8 +135,16 @@ def read_questions(path: str) -> list[dict]:
 def _baseline(target, ids: list[int], n: int, params) -> tuple[int, float]:
     """Tokens and seconds of the target alone through HF generate (same sampling settings)."""
     x = torch.tensor([ids], device=target.device)
-    kw = {"do_sample": False} if params.greedy else {"do_sample": True, "temperature": params.temperature,
-                                                     "top_k": params.top_k or None, "top_p": params.top_p}
+    kw = (
+        {"do_sample": False}
+        if params.greedy
+        else {
+            "do_sample": True,
+            "temperature": params.temperature,
+            "top_k": params.top_k or None,
+            "top_p": params.top_p,
+        }
+    )
     sync = torch.cuda.synchronize if target.device.type == "cuda" else (lambda: None)
     sync()
     t = time.perf_counter()
@@ -136,7 +160,7 @@ class Streamer:
     def __call__(self, new: list[int]) -> None:
         self.ids.extend(new)
         text = self.tok.decode(self.ids, skip_special_tokens=True)
-        self.console.print(text[len(self.shown):], end="", soft_wrap=True, highlight=False, markup=False)
+        self.console.print(text[len(self.shown) :], end="", soft_wrap=True, highlight=False, markup=False)
         self.shown = text
 
 
@@ -144,9 +168,9 @@ def decode(args: DecodeArgs, console: Console | None = None) -> dict:
     """Decode one prompt (streamed) or a question file; returns the per-category summary."""
     console = console or Console(quiet=args.quiet)
     if args.prompt is None and args.prompts is None:
-        raise UserError("nothing to decode: pass prompt=\"...\" or prompts=FILE.jsonl")
+        raise UserError('nothing to decode: pass prompt="..." or prompts=FILE.jsonl')
     if args.prompt is not None and not args.prompt.strip():
-        raise UserError("the prompt is empty: pass some text in prompt=\"...\"")
+        raise UserError('the prompt is empty: pass some text in prompt="..."')
     manifest, folder, target, arms = load_ensemble(args)
     dcfg = OmegaConf.create(manifest["decode"])
     for key in ("temperature", "top_p", "top_k", "max_new_tokens"):
@@ -157,7 +181,11 @@ def decode(args: DecodeArgs, console: Console | None = None) -> dict:
     engine = make_engine(target.model, target.tokenizer, arms, dcfg, full_feedback=feedback == "full")
     engine.check_request(1, int(dcfg.max_new_tokens))
     torch.manual_seed(args.seed)
-    questions = [{"question_id": 0, "category": "prompt", "turns": [args.prompt]}] if args.prompt is not None else read_questions(args.prompts)
+    questions = (
+        [{"question_id": 0, "category": "prompt", "turns": [args.prompt]}]
+        if args.prompt is not None
+        else read_questions(args.prompts)
+    )
     records, chosen = [], []
     for q in questions:
         messages, answers, stats = [], [], []
@@ -184,7 +212,12 @@ def decode(args: DecodeArgs, console: Console | None = None) -> dict:
     if args.prompts is not None:
         out = Path(args.out or Path(args.prompts).with_suffix(".answers.jsonl"))
         write_text(out, "".join(json.dumps(r) + "\n" for r in records))
-        plots.arm_timeline(chosen, [a.name for a in arms], "drafter chosen per round (all requests in order)", out.with_suffix(".arms.png"))
+        plots.arm_timeline(
+            chosen,
+            [a.name for a in arms],
+            "drafter chosen per round (all requests in order)",
+            out.with_suffix(".arms.png"),
+        )
         console.print(f"answers: {out}  arm plot: {out.with_suffix('.arms.png')}")
     return summary
 
@@ -210,8 +243,17 @@ def summarize(records: list[dict]) -> dict:
             groups["all"].append(s)
     out = {}
     for cat, ss in groups.items():
-        tokens, secs, rounds = sum(s["new_tokens"] for s in ss), sum(s["seconds"] for s in ss), sum(s["rounds"] for s in ss)
-        row = {"requests": len(ss), "new_tokens": tokens, "tau": tokens / max(rounds, 1), "tokens_per_s": tokens / max(secs, 1e-9)}
+        tokens, secs, rounds = (
+            sum(s["new_tokens"] for s in ss),
+            sum(s["seconds"] for s in ss),
+            sum(s["rounds"] for s in ss),
+        )
+        row = {
+            "requests": len(ss),
+            "new_tokens": tokens,
+            "tau": tokens / max(rounds, 1),
+            "tokens_per_s": tokens / max(secs, 1e-9),
+        }
         if all("baseline_tokens_per_s" in s for s in ss):
             base_secs = sum(s["new_tokens"] / s["baseline_tokens_per_s"] for s in ss)
             row["baseline_tokens_per_s"] = tokens / max(base_secs, 1e-9)
@@ -226,10 +268,27 @@ def summarize(records: list[dict]) -> dict:
 
 
 def summary_table(summary: dict, arm_names: list[str]) -> Table:
-    table = Table("category", "requests", "tokens", "τ", "tok/s", "target tok/s", "speed-up", "arm shares",
-                  title="decode summary (τ = mean tokens per round)")
+    table = Table(
+        "category",
+        "requests",
+        "tokens",
+        "τ",
+        "tok/s",
+        "target tok/s",
+        "speed-up",
+        "arm shares",
+        title="decode summary (τ = mean tokens per round)",
+    )
     for cat, r in summary.items():
         shares = " ".join(f"{a}:{r['arm_share'].get(a, 0):.0%}" for a in arm_names if r["arm_share"].get(a, 0) > 0)
-        table.add_row(cat, str(r["requests"]), str(r["new_tokens"]), f"{r['tau']:.2f}", f"{r['tokens_per_s']:.1f}",
-                      f"{r.get('baseline_tokens_per_s', float('nan')):.1f}", f"{r.get('speedup', float('nan')):.2f}x", shares)
+        table.add_row(
+            cat,
+            str(r["requests"]),
+            str(r["new_tokens"]),
+            f"{r['tau']:.2f}",
+            f"{r['tokens_per_s']:.1f}",
+            f"{r.get('baseline_tokens_per_s', float('nan')):.1f}",
+            f"{r.get('speedup', float('nan')):.2f}x",
+            shares,
+        )
     return table

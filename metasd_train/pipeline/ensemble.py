@@ -57,5 +57,11 @@ def eos_ids(target, tokenizer) -> list[int]:
 
 def make_engine(target, tokenizer, arms, decode_cfg, full_feedback: bool = False) -> SpecEngine:
     params = SamplingParams(float(decode_cfg.temperature), int(decode_cfg.top_k), float(decode_cfg.top_p))
-    return SpecEngine(target, arms, params, eos_ids(target, tokenizer), early_stop=float(decode_cfg.early_stop),
-                      full_feedback=full_feedback)
+    return SpecEngine(
+        target,
+        arms,
+        params,
+        eos_ids(target, tokenizer),
+        early_stop=float(decode_cfg.early_stop),
+        full_feedback=full_feedback,
+    )

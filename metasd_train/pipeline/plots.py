@@ -17,14 +17,23 @@ def save(fig, path: Path) -> None:
     plt.close(fig)
 
 
-def heatmap(values: list[list[float]], rows: list[str], cols: list[str], title: str, path: Path, fmt: str = "{:.2f}") -> None:
+def heatmap(
+    values: list[list[float]], rows: list[str], cols: list[str], title: str, path: Path, fmt: str = "{:.2f}"
+) -> None:
     fig, ax = plt.subplots(figsize=(1.2 * len(cols) + 2, 0.6 * len(rows) + 1.5))
     im = ax.imshow(values, cmap="viridis", aspect="auto")
     ax.set_xticks(range(len(cols)), cols)
     ax.set_yticks(range(len(rows)), rows)
     for i, row in enumerate(values):
         for j, v in enumerate(row):
-            ax.text(j, i, fmt.format(v), ha="center", va="center", color="w" if v < (max(map(max, values)) + min(map(min, values))) / 2 else "k")
+            ax.text(
+                j,
+                i,
+                fmt.format(v),
+                ha="center",
+                va="center",
+                color="w" if v < (max(map(max, values)) + min(map(min, values))) / 2 else "k",
+            )
     ax.set_title(title)
     fig.colorbar(im, ax=ax)
     save(fig, path)

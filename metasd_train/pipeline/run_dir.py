@@ -62,8 +62,12 @@ class RunDir:
     def mark_done(self, stage: str, seconds: float, summary: dict | None = None) -> None:
         manifest = self.manifest()
         outputs = sorted(str(p.relative_to(self.path)) for p in self.stage_dir(stage).rglob("*") if p.is_file())
-        manifest["stages"][stage] = {"outputs": outputs, "seconds": round(seconds, 2),
-                                     "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "summary": summary or {}}
+        manifest["stages"][stage] = {
+            "outputs": outputs,
+            "seconds": round(seconds, 2),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "summary": summary or {},
+        }
         write_json(self.manifest_path, manifest)
 
     def require(self, stage: str) -> Path:

@@ -18,7 +18,9 @@ from metasd_train.pipeline.context import StageContext
 
 def run(ctx: StageContext) -> dict:
     cfg = ctx.cfg.data
-    rows = domain_prompts(OmegaConf.to_container(cfg.domains), ctx.tokenizer, cfg.max_prompt_tokens, list(cfg.split), cfg.seed)
+    rows = domain_prompts(
+        OmegaConf.to_container(cfg.domains), ctx.tokenizer, cfg.max_prompt_tokens, list(cfg.split), cfg.seed
+    )
     partial = ctx.run.path / ".data.partial"  # finished domains survive a kill
     kinds = [("greedy", 0.0)] + ([("sampled", cfg.temperature)] if cfg.sampled else [])
     with Progress(transient=False) as progress:
@@ -28,8 +30,17 @@ def run(ctx: StageContext) -> dict:
                 if shard.exists():
                     continue
                 todo = [r for r in rows if r["domain"] == domain and r["split"] != "heldout"]
-                responses = answer(ctx.target, ctx.tokenizer, [r["prompt_ids"] for r in todo], cfg.max_new_tokens,
-                                   cfg.batch_size, temperature, seed=cfg.seed, progress=progress, label=f"{domain} ({kind})")
+                responses = answer(
+                    ctx.target,
+                    ctx.tokenizer,
+                    [r["prompt_ids"] for r in todo],
+                    cfg.max_new_tokens,
+                    cfg.batch_size,
+                    temperature,
+                    seed=cfg.seed,
+                    progress=progress,
+                    label=f"{domain} ({kind})",
+                )
                 records = [{**r, "kind": kind, "response_ids": resp} for r, resp in zip(todo, responses)]
                 with atomic_dir(shard) as tmp:
                     datasets.Dataset.from_list(records).save_to_disk(str(tmp))
@@ -50,5 +61,7 @@ def write_heldout(rows: list[dict], per_domain: int, path) -> None:
     for r in rows:
         if r["split"] == "heldout" and taken.get(r["domain"], 0) < per_domain:
             taken[r["domain"]] = taken.get(r["domain"], 0) + 1
-            lines.append(json.dumps({"question_id": f"{r['domain']}-{r['id']}", "category": r["domain"], "turns": [r["prompt"]]}))
+            lines.append(
+                json.dumps({"question_id": f"{r['domain']}-{r['id']}", "category": r["domain"], "turns": [r["prompt"]]})
+            )
     write_text(path, "\n".join(lines) + "\n")

@@ -33,11 +33,19 @@ def build_drafter(ctx: StageContext):
 def _train(ctx, student, dm, name: str, steps: int, lr: float) -> dict:
     c = ctx.cfg.distill
     L.seed_everything(ctx.cfg.seed, verbose=False)
-    module = DistillModule(student, ctx.target, dm.val_domains, c.loss, c.ce_weight, lr, c.weight_decay,
-                           min(c.warmup_steps, steps), steps)
+    module = DistillModule(
+        student, ctx.target, dm.val_domains, c.loss, c.ce_weight, lr, c.weight_decay, min(c.warmup_steps, steps), steps
+    )
     ckpt = ctx.run.path / ".checkpoints" / name
-    trainer = make_trainer(OmegaConf.to_container(ctx.cfg.trainer), ctx.run.path / "logs", name, steps,
-                           min(c.val_every, steps), ckpt, c.accumulate)
+    trainer = make_trainer(
+        OmegaConf.to_container(ctx.cfg.trainer),
+        ctx.run.path / "logs",
+        name,
+        steps,
+        min(c.val_every, steps),
+        ckpt,
+        c.accumulate,
+    )
     fit(module, dm, trainer, ckpt)
     return validate(module, dm, trainer)
 

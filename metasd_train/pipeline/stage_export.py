@@ -37,19 +37,43 @@ def run(ctx: StageContext) -> dict:
             if spec.get("adapter"):
                 shutil.copytree(spec["adapter"], out / name / "adapter")
             base = HUB_IDS.get(cfg.target.name, cfg.target.name)
-            write_text(out / name / "README.md", model_card(name, base, cfg.recipe, cfg.export.license, domains,
-                                                            acceptance.get(name, {}), tau.get(name, {}), kind))
+            write_text(
+                out / name / "README.md",
+                model_card(
+                    name,
+                    base,
+                    cfg.recipe,
+                    cfg.export.license,
+                    domains,
+                    acceptance.get(name, {}),
+                    tau.get(name, {}),
+                    kind,
+                ),
+            )
             drafters.append({"name": name, "path": name, "gamma": cfg.drafter.gamma, "kind": kind})
         shutil.copytree(bandit, out / "bandit")
-        write_json(out / "ensemble.json", {
-            "format": "metasd-ensemble/1",
-            "target": {"name": cfg.target.name, "fingerprint": fingerprint(ctx.target),
-                       **({"config": OmegaConf.to_container(cfg.target.config), "seed": cfg.target.seed,
-                           "tokenizer": cfg.target.tokenizer} if cfg.target.name == "random" else {})},
-            "drafters": drafters,
-            "ngram": {"gamma": cfg.drafter.ngram_gamma} if cfg.drafter.ngram else None,
-            "bandit": "bandit",
-            "decode": OmegaConf.to_container(cfg.decode),
-            "dtype": cfg.export.dtype,
-        })
+        write_json(
+            out / "ensemble.json",
+            {
+                "format": "metasd-ensemble/1",
+                "target": {
+                    "name": cfg.target.name,
+                    "fingerprint": fingerprint(ctx.target),
+                    **(
+                        {
+                            "config": OmegaConf.to_container(cfg.target.config),
+                            "seed": cfg.target.seed,
+                            "tokenizer": cfg.target.tokenizer,
+                        }
+                        if cfg.target.name == "random"
+                        else {}
+                    ),
+                },
+                "drafters": drafters,
+                "ngram": {"gamma": cfg.drafter.ngram_gamma} if cfg.drafter.ngram else None,
+                "bandit": "bandit",
+                "decode": OmegaConf.to_container(cfg.decode),
+                "dtype": cfg.export.dtype,
+            },
+        )
     return {"drafters": [d["name"] for d in drafters], "dtype": cfg.export.dtype}

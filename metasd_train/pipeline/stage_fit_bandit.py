@@ -37,6 +37,7 @@ def run(ctx: StageContext) -> dict:
             policy = make_policy(name, len(names), bcfg, dim=b.context_dim)
             warm_start(policy, *design(fit_rows, feat, b.reward), weight=b.prior_strength)
             return policy
+
         return make
 
     results = {f"{p} (warm)": replay(requests, warm(p), feat, b.reward) for p in ("linucb", "ucb", "thompson")}
@@ -54,11 +55,24 @@ def run(ctx: StageContext) -> dict:
     with atomic_dir(ctx.run.stage_dir("fit_bandit")) as out:
         save_bandit(out, policy, b.policy, names, bcfg, feat)
         write_json(out / "replay.json", {"tau": results, "best_fixed": best_fixed, "separation": sep})
-        plots.bars(domains + ["all"], {k: [v[d] for d in domains + ["all"]] for k, v in results.items()
-                                       if not k.startswith("fixed:") or k == best_fixed},
-                   "replayed τ by policy", "tokens per round", out / "replay_tau.png")
-        plots.bars(domains, {rw: [sep[rw][d] for d in domains] for rw in sep},
-                   "arm separation: var(arm means) / within-arm var", "separation", out / "reward_separation.png")
+        plots.bars(
+            domains + ["all"],
+            {
+                k: [v[d] for d in domains + ["all"]]
+                for k, v in results.items()
+                if not k.startswith("fixed:") or k == best_fixed
+            },
+            "replayed τ by policy",
+            "tokens per round",
+            out / "replay_tau.png",
+        )
+        plots.bars(
+            domains,
+            {rw: [sep[rw][d] for d in domains] for rw in sep},
+            "arm separation: var(arm means) / within-arm var",
+            "separation",
+            out / "reward_separation.png",
+        )
     table = Table("policy", *domains, "all", title=f"replayed τ (held-out half of the log; best fixed = {best_fixed})")
     for k, v in results.items():
         table.add_row(k, *[f"{v[d]:.2f}" for d in domains + ["all"]])

@@ -30,14 +30,21 @@ def heldout(ctx: StageContext) -> list[dict]:
 @torch.inference_mode()
 def committed(target, prompt: list[int], n: int, eos: list[int]) -> list[int]:
     """The target's own greedy answer: what every lossless greedy arm commits."""
-    out = target.generate(torch.tensor([prompt], device=target.device), do_sample=False, max_new_tokens=n,
-                          eos_token_id=eos, pad_token_id=eos[0])
+    out = target.generate(
+        torch.tensor([prompt], device=target.device),
+        do_sample=False,
+        max_new_tokens=n,
+        eos_token_id=eos,
+        pad_token_id=eos[0],
+    )
     return out[0].tolist()
 
 
 def run(ctx: StageContext) -> dict:
     cfg, d = ctx.cfg, ctx.cfg.drafter
-    arms = build_arms(distill_specs(ctx.run.require("distill")), ctx.target, ctx.tokenizer, d.gamma, d.ngram, d.ngram_gamma)
+    arms = build_arms(
+        distill_specs(ctx.run.require("distill")), ctx.target, ctx.tokenizer, d.gamma, d.ngram, d.ngram_gamma
+    )
     engine = make_engine(ctx.target, ctx.tokenizer, arms, cfg.decode)
     eos = eos_ids(ctx.target, ctx.tokenizer)
     t_verify = forward_seconds(ctx.target, ctx.device, d.gamma + 1)
@@ -53,10 +60,23 @@ def run(ctx: StageContext) -> dict:
             for i, arm in enumerate(arms):
                 for t, (k, n, div) in enumerate(arm_rows(arm, seq, len(row["prompt_ids"]), ctx.device)):
                     t_draft = k * t_token[i]
-                    rows.append({"request": req, "domain": row["domain"], "round": t, "arm": i, "arm_name": arm.name,
-                                 "drafted": k, "accepted": n, "divergence": div, "efficiency": n / k if k else 0.0,
-                                 "throughput": (n + 1) / (k + 1) * t_verify / (t_draft + t_verify),
-                                 "t_draft": t_draft, "t_verify": t_verify, "features": feats})
+                    rows.append(
+                        {
+                            "request": req,
+                            "domain": row["domain"],
+                            "round": t,
+                            "arm": i,
+                            "arm_name": arm.name,
+                            "drafted": k,
+                            "accepted": n,
+                            "divergence": div,
+                            "efficiency": n / k if k else 0.0,
+                            "throughput": (n + 1) / (k + 1) * t_verify / (t_draft + t_verify),
+                            "t_draft": t_draft,
+                            "t_verify": t_verify,
+                            "features": feats,
+                        }
+                    )
             progress.advance(task)
     names = [a.name for a in arms]
     requests = by_request(rows)
@@ -64,8 +84,13 @@ def run(ctx: StageContext) -> dict:
     domains = [k for k in taus[0] if k != "all"]
     with atomic_dir(ctx.run.stage_dir("log_acceptance")) as out:
         datasets.Dataset.from_list(rows).save_to_disk(str(out / "rounds"))
-        plots.heatmap([[t[dom] for dom in domains] for t in taus], names, domains,
-                      "τ (tokens per round, greedy) on held-out prompts", out / "tau_heatmap.png")
+        plots.heatmap(
+            [[t[dom] for dom in domains] for t in taus],
+            names,
+            domains,
+            "τ (tokens per round, greedy) on held-out prompts",
+            out / "tau_heatmap.png",
+        )
     table = Table("drafter", *domains, "all", title="τ (tokens per round, greedy) on held-out prompts")
     for name, t in zip(names, taus):
         table.add_row(name, *[f"{t[k]:.2f}" for k in domains + ["all"]])

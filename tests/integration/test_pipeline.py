@@ -31,10 +31,21 @@ def finished(run: RunDir) -> dict:
 def test_full_run_writes_every_stage(full_run):
     p = full_run.path
     assert list(full_run.manifest()["stages"]) == STAGES
-    for f in ("config.yaml", "data/prompts", "data/examples", "distill/generalist/model.safetensors",
-              "distill/specialists/code/adapter_model.safetensors", "log_acceptance/rounds", "log_acceptance/tau_heatmap.png",
-              "fit_bandit/bandit.safetensors", "fit_bandit/replay.json", "fit_bandit/reward_separation.png",
-              "export/ensemble.json", "export/code/README.md", "export/code/adapter/adapter_config.json"):
+    for f in (
+        "config.yaml",
+        "data/prompts",
+        "data/examples",
+        "distill/generalist/model.safetensors",
+        "distill/specialists/code/adapter_model.safetensors",
+        "log_acceptance/rounds",
+        "log_acceptance/tau_heatmap.png",
+        "fit_bandit/bandit.safetensors",
+        "fit_bandit/replay.json",
+        "fit_bandit/reward_separation.png",
+        "export/ensemble.json",
+        "export/code/README.md",
+        "export/code/adapter/adapter_config.json",
+    ):
         assert (p / f).exists(), f
     assert not list(p.glob(".*.tmp")) and not (p / ".data.partial").exists()
     card = (p / "export/code/README.md").read_text()
@@ -107,8 +118,10 @@ def test_decode_answers_a_question_file(full_run, tmp_path):
     from metasd_train.pipeline.decoding import decode, parse
 
     q = tmp_path / "q.jsonl"
-    q.write_text('{"question_id": 1, "category": "code", "turns": ["Write a loop.", "Now in C."]}\n'
-                 '{"question_id": 2, "category": "math", "turns": ["What is 3+4?"]}\n')
+    q.write_text(
+        '{"question_id": 1, "category": "code", "turns": ["Write a loop.", "Now in C."]}\n'
+        '{"question_id": 2, "category": "math", "turns": ["What is 3+4?"]}\n'
+    )
     summary = decode(parse([f"run={full_run.path}", f"prompts={q}", "max_new_tokens=8", "quiet=true"]))
     answers = [json.loads(line) for line in (tmp_path / "q.answers.jsonl").read_text().splitlines()]
     assert [len(a["answers"]) for a in answers] == [2, 1]
@@ -146,10 +159,16 @@ def test_exported_drafter_matches_hf_assisted_generation(full_run, monkeypatch):
     total = 0
     for prompt in ([5, 17, 300, 42], [1000, 2000, 3000], [7] * 6):
         matches.clear()
-        hf = target.generate(torch.tensor([prompt]), assistant_model=drafter, do_sample=False, max_new_tokens=20,
-                             eos_token_id=None, pad_token_id=0)
+        hf = target.generate(
+            torch.tensor([prompt]),
+            assistant_model=drafter,
+            do_sample=False,
+            max_new_tokens=20,
+            eos_token_id=None,
+            pad_token_id=0,
+        )
         ours = engine.generate(prompt, 20, BanditChooser(FixedArm(1)))
-        assert ours.tokens == hf[0, len(prompt):].tolist()
+        assert ours.tokens == hf[0, len(prompt) :].tolist()
         assert [r.accepted for r in ours.rounds] == matches
         total += sum(matches)
     assert 0 < total < 3 * 20  # some drafts accepted, some rejected: the comparison is not trivial

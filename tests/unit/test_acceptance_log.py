@@ -19,8 +19,11 @@ V = 32
 @pytest.fixture(scope="module")
 def setup():
     target = tiny_llama(V, layers=3, seed=1)
-    arms = [ModelArm("trunc", truncated(target, 2), V, gamma=3), ModelArm("other", tiny_llama(V, 1, seed=5), V, gamma=2),
-            NgramArm("ngram", V, gamma=3)]
+    arms = [
+        ModelArm("trunc", truncated(target, 2), V, gamma=3),
+        ModelArm("other", tiny_llama(V, 1, seed=5), V, gamma=2),
+        NgramArm("ngram", V, gamma=3),
+    ]
     return target, arms
 
 
@@ -28,8 +31,19 @@ def logged(arms, seq, prompt_len):
     rows = []
     for i, arm in enumerate(arms):
         for t, (k, n, d) in enumerate(arm_rows(arm, seq, prompt_len, "cpu")):
-            rows.append({"request": 0, "domain": "x", "features": [], "round": t, "arm": i, "drafted": k,
-                         "accepted": n, "divergence": d, "efficiency": n / k if k else 0.0})
+            rows.append(
+                {
+                    "request": 0,
+                    "domain": "x",
+                    "features": [],
+                    "round": t,
+                    "arm": i,
+                    "drafted": k,
+                    "accepted": n,
+                    "divergence": d,
+                    "efficiency": n / k if k else 0.0,
+                }
+            )
     return rows
 
 

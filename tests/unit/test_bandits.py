@@ -93,7 +93,9 @@ def test_exp3_share_tracks_a_piecewise_stationary_switch():
 
 
 D, K = 6, 3
-THETA = torch.tensor([[0.8, 0.3, -0.4, 0, 0, 0], [0.5, -0.3, 0.4, 0.1, 0, 0], [0.6, 0, 0, 0.4, -0.3, 0]], dtype=torch.float64)
+THETA = torch.tensor(
+    [[0.8, 0.3, -0.4, 0, 0, 0], [0.5, -0.3, 0.4, 0.1, 0, 0], [0.6, 0, 0, 0.4, -0.3, 0]], dtype=torch.float64
+)
 
 
 def context(t, gen):

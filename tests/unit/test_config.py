@@ -43,8 +43,14 @@ def test_recipe_list_names_every_recipe_with_a_description():
         (["recipe=tiny", "drafter.gamma=many"], "bad value in override drafter.gamma=many"),
         (["recipe=tiny", "bandit.policy=greedy"], "bandit.policy='greedy' is not valid"),
         (["recipe=tiny", "decode.top_p=1.5"], "0 < top_p <= 1"),
-        (["recipe=tiny", "target.name=/no/such/model", "stages=[data]", "run_dir=/tmp/metasd-test-bad"], "does not exist"),
-        (["recipe=tiny", "target.name=HuggingFaceTB/SmolLM2-360M", "stages=[data]", "run_dir=/tmp/metasd-test-hub"], "looks like a hub id"),
+        (
+            ["recipe=tiny", "target.name=/no/such/model", "stages=[data]", "run_dir=/tmp/metasd-test-bad"],
+            "does not exist",
+        ),
+        (
+            ["recipe=tiny", "target.name=HuggingFaceTB/SmolLM2-360M", "stages=[data]", "run_dir=/tmp/metasd-test-hub"],
+            "looks like a hub id",
+        ),
     ],
 )
 def test_bad_input_gives_one_clear_line(args, expected):
@@ -56,7 +62,10 @@ def test_bad_input_gives_one_clear_line(args, expected):
 
 
 def test_decode_bad_options_give_one_clear_line(tmp_path):
-    for args, expected in ((["run=/nope", "prompt=hi"], "no exported ensemble"), (["run=x", "colour=red"], "bad decode option")):
+    for args, expected in (
+        (["run=/nope", "prompt=hi"], "no exported ensemble"),
+        (["run=x", "colour=red"], "bad decode option"),
+    ):
         out = cli(*args, script="decode.py")
         assert out.returncode == 2 and expected in out.stderr and len(out.stderr.strip().splitlines()) == 1
 

@@ -35,7 +35,7 @@ def make_engine(models, **kw):
 
 def reference(target, prompt, n):
     out = target.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=n, eos_token_id=1, pad_token_id=1)
-    return out[0, len(prompt):].tolist()
+    return out[0, len(prompt) :].tolist()
 
 
 def test_greedy_matches_generate_on_50_prompts_with_random_switching(models):

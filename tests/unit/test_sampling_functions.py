@@ -2,7 +2,14 @@
 
 import torch
 
-from metasd_train.decoding.sampling import SamplingParams, align_vocab, block_divergence, logits_to_probs, verify_greedy, verify_sampling
+from metasd_train.decoding.sampling import (
+    SamplingParams,
+    align_vocab,
+    block_divergence,
+    logits_to_probs,
+    verify_greedy,
+    verify_sampling,
+)
 
 
 def onehot(i, v=5):
