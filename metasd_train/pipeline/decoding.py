@@ -166,7 +166,7 @@ class Streamer:
 
 def decode(args: DecodeArgs, console: Console | None = None) -> dict:
     """Decode one prompt (streamed) or a question file; returns the per-category summary."""
-    console = console or Console(quiet=args.quiet)
+    console = console or Console(quiet=args.quiet, width=max(Console().width, 130))
     if args.prompt is None and args.prompts is None:
         raise UserError('nothing to decode: pass prompt="..." or prompts=FILE.jsonl')
     if args.prompt is not None and not args.prompt.strip():
@@ -210,7 +210,7 @@ def decode(args: DecodeArgs, console: Console | None = None) -> dict:
     summary = summarize(records)
     console.print(summary_table(summary, [a.name for a in arms]))
     if args.prompts is not None:
-        out = Path(args.out or Path(args.prompts).with_suffix(".answers.jsonl"))
+        out = Path(args.out or folder.parent / "decode" / Path(args.prompts).with_suffix(".answers.jsonl").name)
         write_text(out, "".join(json.dumps(r) + "\n" for r in records))
         plots.arm_timeline(
             chosen,

@@ -122,11 +122,12 @@ def test_decode_answers_a_question_file(full_run, tmp_path):
         '{"question_id": 1, "category": "code", "turns": ["Write a loop.", "Now in C."]}\n'
         '{"question_id": 2, "category": "math", "turns": ["What is 3+4?"]}\n'
     )
-    summary = decode(parse([f"run={full_run.path}", f"prompts={q}", "max_new_tokens=8", "quiet=true"]))
-    answers = [json.loads(line) for line in (tmp_path / "q.answers.jsonl").read_text().splitlines()]
+    out = tmp_path / "answers.jsonl"
+    summary = decode(parse([f"run={full_run.path}", f"prompts={q}", f"out={out}", "max_new_tokens=8", "quiet=true"]))
+    answers = [json.loads(line) for line in out.read_text().splitlines()]
     assert [len(a["answers"]) for a in answers] == [2, 1]
     assert set(summary) == {"code", "math", "all"} and summary["all"]["requests"] == 3
-    assert summary["all"]["speedup"] > 0 and (tmp_path / "q.answers.arms.png").exists()
+    assert summary["all"]["speedup"] > 0 and (tmp_path / "answers.arms.png").exists()
 
 
 def test_exported_drafter_matches_hf_assisted_generation(full_run, monkeypatch):

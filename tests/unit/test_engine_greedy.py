@@ -18,17 +18,21 @@ V = 32
 
 @pytest.fixture(scope="module")
 def models():
+    from peft import LoraConfig, get_peft_model
+
     target = tiny_llama(V, layers=3, seed=1)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     return {
         "target": target,
         "copy": truncated(target, 3),  # identical to the target: always accepted
         "trunc": truncated(target, 1),
         "other": tiny_llama(V + 8, layers=1, hidden=16, seed=2),  # bigger vocab: logits are cut
+        "lora": get_peft_model(truncated(target, 2), lora).eval(),  # an unmerged peft LoRA-adapted drafter
     }
 
 
 def make_engine(models, **kw):
-    arms = [ModelArm(n, models[n], V, gamma=g) for n, g in (("copy", 4), ("trunc", 3), ("other", 2))]
+    arms = [ModelArm(n, models[n], V, gamma=g) for n, g in (("copy", 4), ("trunc", 3), ("other", 2), ("lora", 3))]
     arms.append(NgramArm("ngram", V, gamma=3))
     return SpecEngine(models["target"], arms, SamplingParams(), eos_ids=[1], **kw)
 
@@ -111,3 +115,23 @@ def test_bad_requests_give_one_clear_error(models, prompt, n, match):
     engine = make_engine(models)
     with pytest.raises(UserError, match=match):
         engine.generate(prompt, n, BanditChooser(RandomArm(4)))
+
+
+def test_early_stop_drafts_fewer_tokens_and_stays_lossless(models):
+    plain = make_engine(models)
+    early = make_engine(models, early_stop=0.9)
+    prompt = [7, 8, 9, 10]
+    chooser = BanditChooser(RandomArm(len(plain.arms), seed=5))
+    a = plain.generate(prompt, 30, chooser)
+    b = early.generate(prompt, 30, BanditChooser(RandomArm(len(plain.arms), seed=5)))
+    assert b.tokens == a.tokens == reference(models["target"], prompt, 30)
+    drafted = lambda g: sum(r.drafted for r in g.rounds if r.arm_name != "ngram")  # noqa: E731
+    assert drafted(b) / len(b.rounds) < drafted(a) / len(a.rounds)
+
+
+def test_drafter_with_too_small_a_vocabulary_is_refused():
+    from metasd_train.models.tokenizers import check_vocab
+
+    check_vocab(V, V + 8, "bigger drafter", tokenizer_size=V)  # bigger is fine: logits are cut
+    with pytest.raises(UserError, match="has 28 output tokens but the target's tokenizer has 32"):
+        check_vocab(V, V - 4, "small drafter", tokenizer_size=V)
