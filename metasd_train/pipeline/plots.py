@@ -40,14 +40,15 @@ def heatmap(
 
 
 def bars(groups: list[str], series: dict[str, list[float]], title: str, ylabel: str, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(1.2 * len(groups) + 3, 3.5))
+    fig, ax = plt.subplots(figsize=(1.6 * len(groups) + 3, 3.5))
     width = 0.8 / len(series)
+    colors = plt.get_cmap("tab20").colors
     for k, (name, vals) in enumerate(series.items()):
-        ax.bar([i + k * width for i in range(len(groups))], vals, width, label=name)
+        ax.bar([i + k * width for i in range(len(groups))], vals, width, label=name, color=colors[k % len(colors)])
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(groups))], groups)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     save(fig, path)
 
 
