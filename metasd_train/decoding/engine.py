@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 
@@ -82,9 +82,6 @@ class Generation:
             "stop": self.stop,
             "seconds": self.seconds,
         }
-
-    def records(self) -> list[dict]:
-        return [asdict(r) for r in self.rounds]
 
 
 class Chooser:

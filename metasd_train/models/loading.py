@@ -8,7 +8,6 @@ folder (METASD_CACHE_DIR, default ~/.cache/metasd-train), so later loads take we
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch
 
 from metasd_train.atomic import atomic_dir
 from metasd_train.errors import UserError
+from metasd_train.packaged import package_file
 
 # name -> (package, file inside it, pip command that installs it)
 PACKAGED = {
@@ -54,13 +54,7 @@ def _packaged_file(name: str) -> Path:
         if Path(env).is_file():
             return Path(env)
         raise UserError(f"{GGUF_ENV}={env} is not a file; unset it or point it at {filename}")
-    spec = importlib.util.find_spec(package)  # finds the folder without importing the package
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError(f"model {name!r} needs the {package} package: {install}")
-    path = Path(list(spec.submodule_search_locations)[0]) / filename
-    if not path.is_file():
-        raise UserError(f"{path} is missing; reinstall with: {install} --force-reinstall")
-    return path
+    return package_file(package, filename, install, needed_for=f"model {name!r}")
 
 
 def resolve_source(name: str) -> Source:

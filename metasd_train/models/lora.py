@@ -1,10 +1,10 @@
-"""LoRA specialists over peft: wrap, save in PEFT format, merge for fast decoding."""
+"""LoRA specialists over peft (saved in PEFT format; merged at load time for decoding, see pipeline/ensemble.py)."""
 
 from __future__ import annotations
 
 import copy
 
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig, get_peft_model
 
 
 def add_lora(model, r: int, alpha: int, dropout: float, target_modules: list[str]):
@@ -13,12 +13,3 @@ def add_lora(model, r: int, alpha: int, dropout: float, target_modules: list[str
         r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules), task_type="CAUSAL_LM"
     )
     return get_peft_model(copy.deepcopy(model), cfg)
-
-
-def load_adapter(base, adapter_dir: str):
-    return PeftModel.from_pretrained(copy.deepcopy(base), adapter_dir)
-
-
-def merged(peft_model):
-    """A plain transformers model with the adapter folded into its weights."""
-    return copy.deepcopy(peft_model).merge_and_unload()
