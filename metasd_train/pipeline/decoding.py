@@ -60,6 +60,15 @@ def parse(argv: list[str]) -> DecodeArgs:
     out = DecodeArgs(**OmegaConf.to_container(args))
     if any(a in ("prompt=", 'prompt=""', "prompt=''") for a in argv):
         out.prompt = ""  # OmegaConf reads an empty value as null; an empty prompt is an error, not "no prompt"
+    checks = [
+        ("temperature", out.temperature, lambda v: v >= 0, ">= 0 (0 = greedy)"),
+        ("top_p", out.top_p, lambda v: 0 < v <= 1, "in (0, 1]"),
+        ("top_k", out.top_k, lambda v: v >= 0, ">= 0 (0 = off)"),
+        ("max_new_tokens", out.max_new_tokens, lambda v: v >= 1, ">= 1"),
+    ]
+    for key, value, ok, want in checks:
+        if value is not None and not ok(value):
+            raise UserError(f"{key}={value} is out of range: it must be {want}")
     return out
 
 

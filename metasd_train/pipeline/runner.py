@@ -40,6 +40,7 @@ def train(cfg: DictConfig, root: str = "runs", console: Console | None = None) -
     import datasets
 
     datasets.disable_progress_bars()
+    check_sources(cfg)  # a bad model path fails before any run directory is made
     run = RunDir.create_or_open(cfg, root)
     console.rule(f"metasd-train · recipe={cfg.recipe} · {run.path}")
     console.print(Syntax(OmegaConf.to_yaml(cfg), "yaml", theme="ansi_dark"))
@@ -68,3 +69,14 @@ def link_latest(run: RunDir) -> None:
         tmp.unlink()
     tmp.symlink_to(run.path.name)
     os.replace(tmp, link)
+
+
+def check_sources(cfg: DictConfig) -> None:
+    """Every model the config names resolves (local path, .gguf, packaged name, random) or one error line."""
+    from metasd_train.models import resolve_source
+
+    resolve_source(cfg.target.name)
+    if cfg.target.name == "random" and cfg.target.tokenizer:
+        resolve_source(cfg.target.tokenizer)
+    if cfg.drafter.kind == "pretrained":
+        resolve_source(cfg.drafter.path)

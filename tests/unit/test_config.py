@@ -61,10 +61,18 @@ def test_bad_input_gives_one_clear_line(args, expected):
     assert "Traceback" not in out.stderr
 
 
+def test_bad_model_path_leaves_no_run_directory(tmp_path):
+    out = cli("recipe=tiny", "target.name=/no/such/model", f"run_dir={tmp_path / 'run'}")
+    assert out.returncode == 2 and "does not exist" in out.stderr and not (tmp_path / "run").exists()
+
+
 def test_decode_bad_options_give_one_clear_line(tmp_path):
     for args, expected in (
         (["run=/nope", "prompt=hi"], "no exported ensemble"),
         (["run=x", "colour=red"], "bad decode option"),
+        (["run=x", "prompt=hi", "temperature=-1"], "temperature=-1.0 is out of range"),
+        (["run=x", "prompt=hi", "top_p=0"], "top_p=0.0 is out of range"),
+        (["run=x", "prompt=hi", "max_new_tokens=0"], "max_new_tokens=0 is out of range"),
     ):
         out = cli(*args, script="decode.py")
         assert out.returncode == 2 and expected in out.stderr and len(out.stderr.strip().splitlines()) == 1
