@@ -84,6 +84,8 @@ def _json_array_records(path: Path, limit: int, chunk: int = 1 << 20) -> Iterato
 
 
 def load_source(name: str, options: dict) -> Iterator[dict]:
+    import metasd_train.data.debian  # noqa: F401  (registers the Debian sources)
+
     if name not in SOURCES:
         raise UserError(f"unknown data source {name!r}; valid sources: {', '.join(sorted(SOURCES))}")
     return SOURCES[name](dict(options or {}))
