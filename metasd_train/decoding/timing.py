@@ -28,6 +28,8 @@ class Stopwatch:
     def durations(self) -> dict[str, float]:
         """Seconds per phase (phases marked twice add up); call after the device sync."""
         out: dict[str, float] = {}
+        if self.cuda and self.marks:
+            self.marks[-1][1].synchronize()  # the round has synced already; this only guards a late mark
         prev = self._start
         for name, t in self.marks:
             dt = prev.elapsed_time(t) / 1000 if self.cuda else t - prev
