@@ -55,6 +55,7 @@ class DrafterConfig:
     gamma: int = 4  # tokens drafted per round: higher pays off when acceptance is high
     ngram: bool = True  # add the training-free prompt-lookup arm
     ngram_gamma: int = 4
+    gammas: dict[str, int] = field(default_factory=dict)  # per-arm γ by name: +drafter.gammas.code=6
 
 
 @dataclass
@@ -200,6 +201,9 @@ def validate(cfg: DictConfig) -> None:
     for stage in cfg.stages:
         if stage not in STAGES:
             raise UserError(f"stages: unknown stage {stage!r}; valid stages: {', '.join(STAGES)}")
+    for name, g in cfg.drafter.gammas.items():
+        if int(g) < 1:
+            raise UserError(f"drafter.gammas.{name}={g} must be >= 1")
     positive = ["drafter.gamma", "drafter.layers", "distill.batch_size", "decode.max_new_tokens", "data.max_new_tokens"]
     for key in positive:
         if OmegaConf.select(cfg, key) < 1:
@@ -221,6 +225,8 @@ def _explain(e: Exception, overrides: list[str]) -> str:
         key = m.group(1)
         parent, _, leaf = key.rpartition(".")
         valid = _keys_at(parent)
+        if parent and not valid:  # a free-form mapping such as drafter.gammas or trainer
+            return f"'{parent}' is a mapping with no key {leaf!r} yet; add one with +{key}=VALUE"
         where = f"under '{parent}'" if parent else "at the top level"
         return f"unknown config key {key!r}; valid keys {where}: {', '.join(valid)}"
     if m := re.search(r"Error merging override (\S+)", msg):
@@ -233,3 +239,9 @@ def _keys_at(parent: str) -> list[str]:
     node = OmegaConf.structured(RunConfig)
     sub = OmegaConf.select(node, parent) if parent else node
     return sorted(sub.keys()) if isinstance(sub, DictConfig) else []
+
+
+def arm_gamma(drafter, name: str) -> int:
+    """γ of one arm: drafter.gammas[name], else ngram_gamma for the n-gram arm, else drafter.gamma."""
+    default = drafter.ngram_gamma if name == "ngram" else drafter.gamma
+    return int(drafter.gammas.get(name, default))

@@ -9,6 +9,7 @@ import shutil
 from omegaconf import OmegaConf
 
 from metasd_train.atomic import atomic_dir, write_json, write_text
+from metasd_train.config import arm_gamma
 from metasd_train.export.card import model_card
 from metasd_train.export.fingerprint import fingerprint
 from metasd_train.models import pick_dtype
@@ -30,7 +31,7 @@ def run(ctx: StageContext) -> dict:
         for spec in distill_specs(distill):
             name = spec["name"]
             model = load_drafter(spec, "cpu", dtype)
-            model.generation_config.num_assistant_tokens = cfg.drafter.gamma
+            model.generation_config.num_assistant_tokens = arm_gamma(cfg.drafter, name)
             model.save_pretrained(out / name)
             ctx.tokenizer.save_pretrained(out / name)
             kind = "lora" if spec.get("adapter") else cfg.drafter.kind
@@ -50,7 +51,7 @@ def run(ctx: StageContext) -> dict:
                     kind,
                 ),
             )
-            drafters.append({"name": name, "path": name, "gamma": cfg.drafter.gamma, "kind": kind})
+            drafters.append({"name": name, "path": name, "gamma": arm_gamma(cfg.drafter, name), "kind": kind})
         shutil.copytree(bandit, out / "bandit")
         write_json(
             out / "ensemble.json",
@@ -70,7 +71,7 @@ def run(ctx: StageContext) -> dict:
                     ),
                 },
                 "drafters": drafters,
-                "ngram": {"gamma": cfg.drafter.ngram_gamma} if cfg.drafter.ngram else None,
+                "ngram": {"gamma": arm_gamma(cfg.drafter, "ngram")} if cfg.drafter.ngram else None,
                 "bandit": "bandit",
                 "decode": OmegaConf.to_container(cfg.decode),
                 "dtype": cfg.export.dtype,

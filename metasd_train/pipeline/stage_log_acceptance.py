@@ -12,6 +12,7 @@ from rich.table import Table
 
 from metasd_train.atomic import atomic_dir
 from metasd_train.bandit.replay import by_request, fixed_tau
+from metasd_train.config import arm_gamma
 from metasd_train.data.acceptance_log import arm_rows, forward_seconds
 from metasd_train.pipeline import plots
 from metasd_train.pipeline.context import StageContext
@@ -42,9 +43,8 @@ def committed(target, prompt: list[int], n: int, eos: list[int]) -> list[int]:
 
 def run(ctx: StageContext) -> dict:
     cfg, d = ctx.cfg, ctx.cfg.drafter
-    arms = build_arms(
-        distill_specs(ctx.run.require("distill")), ctx.target, ctx.tokenizer, d.gamma, d.ngram, d.ngram_gamma
-    )
+    specs = [{**s, "gamma": arm_gamma(d, s["name"])} for s in distill_specs(ctx.run.require("distill"))]
+    arms = build_arms(specs, ctx.target, ctx.tokenizer, d.gamma, d.ngram, arm_gamma(d, "ngram"))
     engine = make_engine(ctx.target, ctx.tokenizer, arms, cfg.decode)
     eos = eos_ids(ctx.target, ctx.tokenizer)
     t_verify = forward_seconds(ctx.target, ctx.device, d.gamma + 1)

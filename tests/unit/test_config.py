@@ -89,3 +89,14 @@ def test_missing_gguf_and_packaged_model_errors(monkeypatch, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="no config.json"):
         resolve_source(str(tmp_path / "empty"))
+
+
+def test_gamma_per_arm_overrides_the_shared_gamma():
+    from metasd_train.config import arm_gamma
+
+    cfg = compose(["recipe=tiny", "drafter.gamma=3", "drafter.ngram_gamma=5", "+drafter.gammas={code: 7}"])
+    assert [arm_gamma(cfg.drafter, n) for n in ("generalist", "code", "ngram")] == [3, 7, 5]
+    with pytest.raises(UserError, match="drafter.gammas.code=0 must be >= 1"):
+        compose(["recipe=tiny", "+drafter.gammas={code: 0}"])
+    with pytest.raises(UserError, match=r"add one with \+drafter.gammas.code=VALUE"):
+        compose(["recipe=tiny", "drafter.gammas.code=7"])
