@@ -24,8 +24,9 @@ from omegaconf import OmegaConf
 
 from metasd_train.bandit.chooser import BanditChooser
 from metasd_train.bandit.policies import FixedArm, make_policy
+from metasd_train.data.prompts import chat_ids
 from metasd_train.pipeline import plots
-from metasd_train.pipeline.decoding import DecodeArgs, _chat, load_ensemble, make_chooser, read_questions
+from metasd_train.pipeline.decoding import DecodeArgs, load_ensemble, make_chooser, read_questions
 from metasd_train.pipeline.ensemble import eos_ids, make_engine
 
 ARGS = {
@@ -126,7 +127,7 @@ def main(argv: list[str]) -> None:
     model, tok = target.model, target.tokenizer
     eos = eos_ids(model, tok)
     qs = pick_prompts(args.prompts, args.per_category)
-    prompts = [(_chat(tok, [{"role": "user", "content": q["turns"][0]}]), q["category"]) for q in qs]
+    prompts = [(chat_ids(tok, q["turns"][0]), q["category"]) for q in qs]
     n = int(args.max_new_tokens)
     results, notes = {}, {}
     greedy = OmegaConf.create({**manifest["decode"], "temperature": 0.0, "top_k": 0, "top_p": 1.0, "early_stop": 0.0})
@@ -173,11 +174,11 @@ def main(argv: list[str]) -> None:
             f"metasd:{pname}-{reward}",
             lambda p=pname, r=reward: run_engine(engine, BanditChooser(make_policy(p, len(arms), bcfg), r), prompts, n),
         )
-    timed("metasd:linucb-warm", lambda: run_engine(engine, make_chooser(dargs, folder, manifest, arms), prompts, n))
+    timed("metasd:linucb-warm", lambda: run_engine(engine, make_chooser(dargs, folder, manifest, arms)[0], prompts, n))
     full = make_engine(model, tok, arms, greedy, full_feedback=True)
     timed(
         "metasd:linucb-warm-full-info",
-        lambda: run_engine(full, make_chooser(dargs, folder, manifest, arms), prompts, n),
+        lambda: run_engine(full, make_chooser(dargs, folder, manifest, arms)[0], prompts, n),
     )
     fixed = {k: v for k, v in results.items() if k.startswith("engine_fixed:")}
     best = {cat: max(fixed, key=lambda k: fixed[k]["agg"][cat]["tokens_per_s"]) for cat in {c for _, c in prompts}}
@@ -198,7 +199,7 @@ def main(argv: list[str]) -> None:
         timed(
             "sampled_T0.7:metasd:linucb-warm",
             lambda: run_engine(
-                make_engine(model, tok, arms, sampled), make_chooser(dargs, folder, manifest, arms), prompts, n
+                make_engine(model, tok, arms, sampled), make_chooser(dargs, folder, manifest, arms)[0], prompts, n
             ),
         )
     report(args, results, notes, mismatches, manifest, model, time.perf_counter() - start)

@@ -15,11 +15,12 @@ from omegaconf import OmegaConf
 
 from metasd_train.bandit.chooser import BanditChooser
 from metasd_train.bandit.policies import RandomArm
+from metasd_train.data.prompts import chat_ids
 from metasd_train.decoding.arms import ModelArm, NgramArm
 from metasd_train.decoding.engine import SpecEngine
 from metasd_train.models import load_model
 from metasd_train.models.drafters import truncated
-from metasd_train.pipeline.decoding import _chat, read_questions
+from metasd_train.pipeline.decoding import read_questions
 from metasd_train.pipeline.ensemble import eos_ids
 
 
@@ -52,7 +53,7 @@ def main(argv):
             "tau_rounds": 0,
         }
         for q in read_questions(a.prompts)[: a.n]:
-            ids = _chat(tok, [{"role": "user", "content": q["turns"][0]}])
+            ids = chat_ids(tok, q["turns"][0])
             x = torch.tensor([ids], device=model.device)
             ref = model.generate(
                 x, do_sample=False, max_new_tokens=a.max_new_tokens, eos_token_id=eos, pad_token_id=eos[0]

@@ -11,14 +11,14 @@ from metasd_train.errors import UserError
 SPLITS = ("train", "val", "heldout")
 
 
-def chat_ids(tokenizer, prompt: str) -> list[int]:
-    """Token ids of one user turn plus the assistant prefix (the target's own chat template)."""
+def chat_ids(tokenizer, prompt: str | list[dict]) -> list[int]:
+    """Token ids of a conversation (one user turn, or a list of messages) plus the assistant prefix,
+    through the target's own chat template."""
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
     if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
-        )
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     else:
-        text = prompt + "\n"
+        text = "\n".join(m["content"] for m in messages) + "\n"
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 

@@ -30,7 +30,7 @@ class DecodeArgs:
     run: str = "???"  # a run directory (its export/ is loaded) or an export folder
     prompt: str | None = None
     prompts: str | None = None  # question.jsonl: question_id, category, turns[]
-    out: str | None = None  # answers jsonl (default beside the prompts file)
+    out: str | None = None  # answers jsonl (default <run>/decode/<prompts stem>.answers.jsonl)
     max_new_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
@@ -106,13 +106,14 @@ def load_ensemble(args: DecodeArgs):
     return manifest, folder, target, arms
 
 
-def make_chooser(args: DecodeArgs, folder: Path, manifest: dict, arms) -> BanditChooser:
+def make_chooser(args: DecodeArgs, folder: Path, manifest: dict, arms) -> tuple[BanditChooser, dict]:
+    """The exported (or overridden) policy as the engine's chooser, and the bandit config it was fitted with."""
     policy, feat, meta = load_bandit(folder / manifest["bandit"])
     cfg = meta["config"]
     if args.arm or args.policy or meta["arms"] != [a.name for a in arms]:
         name = "fixed" if args.arm else (args.policy or meta["policy"])
         policy = make_policy(name, len(arms), cfg, dim=feat.dim if feat else 16)
-    return BanditChooser(policy, cfg.get("reward", "divergence"), feat, bool(cfg.get("reset_per_request", False)))
+    return BanditChooser(policy, cfg.get("reward", "divergence"), feat, bool(cfg.get("reset_per_request", False))), cfg
 
 
 def read_questions(path: str) -> list[dict]:
@@ -185,8 +186,8 @@ def decode(args: DecodeArgs, console: Console | None = None) -> dict:
     for key in ("temperature", "top_p", "top_k", "max_new_tokens"):
         if getattr(args, key) is not None:
             dcfg[key] = getattr(args, key)
-    chooser = make_chooser(args, folder, manifest, arms)
-    feedback = args.feedback or chooser_feedback(folder, manifest)
+    chooser, bandit_cfg = make_chooser(args, folder, manifest, arms)
+    feedback = args.feedback or bandit_cfg.get("feedback", "bandit")
     engine = make_engine(target.model, target.tokenizer, arms, dcfg, full_feedback=feedback == "full")
     engine.check_request(1, int(dcfg.max_new_tokens))
     torch.manual_seed(args.seed)
@@ -200,7 +201,7 @@ def decode(args: DecodeArgs, console: Console | None = None) -> dict:
         messages, answers, stats = [], [], []
         for turn in q["turns"]:
             messages.append({"role": "user", "content": turn})
-            ids = _chat(target.tokenizer, messages)
+            ids = chat_ids(target.tokenizer, messages)
             streamer = Streamer(target.tokenizer, console) if args.prompt is not None else None
             gen = engine.generate(ids, int(dcfg.max_new_tokens), chooser, on_tokens=streamer)
             text = target.tokenizer.decode(gen.tokens, skip_special_tokens=True)
@@ -229,18 +230,6 @@ def decode(args: DecodeArgs, console: Console | None = None) -> dict:
         )
         console.print(f"answers: {out}  arm plot: {out.with_suffix('.arms.png')}")
     return summary
-
-
-def chooser_feedback(folder: Path, manifest: dict) -> str:
-    meta = json.loads((folder / manifest["bandit"] / "bandit.json").read_text())
-    return meta["config"].get("feedback", "bandit")
-
-
-def _chat(tokenizer, messages: list[dict]) -> list[int]:
-    if len(messages) == 1:
-        return chat_ids(tokenizer, messages[0]["content"])
-    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def summarize(records: list[dict]) -> dict:
