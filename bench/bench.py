@@ -158,7 +158,7 @@ def main(argv: list[str]) -> None:
         )
     names = [a.name for a in arms]
     for name in [s for s in str(args.assisted).split(",") if s in names]:
-        drafter = arms[names.index(name)].lm.model
+        drafter = arms[names.index(name)].model
         drafter.generation_config.num_assistant_tokens = arms[names.index(name)].gamma
         drafter.generation_config.num_assistant_tokens_schedule = "constant"
         drafter.generation_config.assistant_confidence_threshold = 0.0

@@ -21,7 +21,7 @@ def agreement(arm, seq: list[int], start: int, device) -> list[bool]:
     """For positions j in [start, len): does the arm's next-token prediction at j equal seq[j]?"""
     if isinstance(arm, NgramArm):
         raise TypeError("n-gram proposals are multi-token; see ngram_rows")
-    logits = arm.lm.model(input_ids=torch.tensor([seq[:-1]], device=device)).logits[0]  # [L-1, V]
+    logits = arm.model(input_ids=torch.tensor([seq[:-1]], device=device)).logits[0]  # [L-1, V]
     pred = logits[start - 1 :].argmax(-1).tolist()
     return [p == t for p, t in zip(pred, seq[start:])]
 

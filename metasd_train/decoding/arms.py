@@ -33,8 +33,8 @@ class ModelArm:
     kind = "model"
 
     def __init__(self, name: str, model, vocab_size: int, gamma: int = 4):
-        self.name, self.gamma = name, gamma
-        self.lm = CachedLM(model, vocab_size)
+        self.name, self.gamma, self.model = name, gamma, model
+        self.lm = CachedLM(model, vocab_size)  # the engine swaps in its own (eager or static) before a request
 
     def reset(self) -> None:
         self.lm.reset()
@@ -63,6 +63,27 @@ class ModelArm:
         assert self.lm.seen <= start - 1, "an idle arm must not have seen past the round's start"
         logits = self.lm.forward(seq.ids[self.lm.seen : seq.length - 1])
         return logits_to_probs(logits[-(seq.length - start) :], params)
+
+
+class NoDraftArm:
+    """Drafts nothing, so every round is one target token: the engine as a plain (fast) decoder."""
+
+    kind, gamma = "none", 0
+
+    def __init__(self, name: str = "target_only", vocab_size: int = 0):
+        self.name, self.vocab_size = name, vocab_size
+
+    def reset(self) -> None:
+        pass
+
+    def draft(self, seq: Sequence, k: int, params: SamplingParams, early_stop: float = 0.0, generator=None):
+        return seq.ids.new_empty(0), torch.zeros(0, self.vocab_size, device=seq.ids.device)
+
+    def commit(self, length: int) -> None:
+        pass
+
+    def score(self, seq: Sequence, start: int, params: SamplingParams) -> torch.Tensor:
+        return torch.zeros(seq.length - start, self.vocab_size, device=seq.ids.device)
 
 
 class NgramArm:

@@ -14,7 +14,7 @@ import torch
 from metasd_train.decoding.sampling import align_vocab
 
 
-def _cache_kwarg(model) -> str:
+def cache_kwarg(model) -> str:
     params = inspect.signature(model.forward).parameters
     return "cache" if "cache" in params else "past_key_values"
 
@@ -27,7 +27,7 @@ class CachedLM:
 
         self.model = model
         self.vocab_size = vocab_size  # logits are aligned to the target's vocabulary
-        self._kw = _cache_kwarg(model)
+        self._kw = cache_kwarg(model)
         self._new_cache = lambda: DynamicCache(config=model.config)
         self.cache = self._new_cache()
         self.seen = 0

@@ -25,6 +25,7 @@ from metasd_train.decoding.sampling import (
     verify_greedy,
     verify_sampling,
 )
+from metasd_train.decoding.static_cache import StaticLM, default_widths
 from metasd_train.decoding.timing import Stopwatch
 from metasd_train.errors import UserError
 
@@ -104,15 +105,33 @@ class SpecEngine:
         early_stop: float = 0.0,
         full_feedback: bool = False,
         max_context: int | None = None,
+        fast: bool = False,
+        max_len: int = 2048,
     ):
         self.vocab_size = target.config.vocab_size
-        self.target = CachedLM(target, self.vocab_size)
         self.arms, self.params = arms, params
         self.eos_ids = set(int(e) for e in eos_ids)
         self.early_stop, self.full_feedback = early_stop, full_feedback
         self.max_context = max_context or getattr(target.config, "max_position_embeddings", 1 << 30)
-        self.device = self.target.device
+        self.fast = fast
+        if fast:  # static caches of max_len positions; CUDA graphs on a GPU
+            self.max_context = min(self.max_context, max_len)
+            widths = default_widths(max(a.gamma for a in arms))
+            make = lambda model: StaticLM(model, self.vocab_size, max_len, widths)  # noqa: E731
+        else:
+            make = lambda model: CachedLM(model, self.vocab_size)  # noqa: E731
+        self.target = make(target)
+        self.lms = {i: make(arm.model) for i, arm in enumerate(arms) if arm.kind == "model"}  # this engine's caches
+        self.device = next(target.parameters()).device
         self.generator: torch.Generator | None = None
+
+    def warmup(self) -> float:
+        """Capture every CUDA graph of the fast path now; returns the seconds it took."""
+        start = time.perf_counter()
+        for lm in [self.target, *self.lms.values()]:
+            if isinstance(lm, StaticLM):
+                lm.warmup()
+        return time.perf_counter() - start
 
     def check_request(self, prompt_len: int, max_new_tokens: int) -> None:
         if prompt_len == 0:
@@ -121,13 +140,20 @@ class SpecEngine:
             raise UserError(
                 f"the prompt has {prompt_len} tokens but the target's context is {self.max_context}; shorten it"
             )
+        if self.fast and prompt_len + max_new_tokens > self.max_context:
+            raise UserError(
+                f"prompt ({prompt_len} tokens) + max_new_tokens ({max_new_tokens}) exceed the fast path's "
+                f"{self.max_context} cached positions; raise max_len or lower max_new_tokens"
+            )
         if max_new_tokens < 1:
             raise UserError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
 
     def prefill(self, prompt: list[int], max_new_tokens: int) -> tuple[Sequence, RoundContext]:
         """Reset every cache; the target sees all prompt tokens but the last; features for the chooser."""
         self.target.reset()
-        for arm in self.arms:
+        for i, arm in enumerate(self.arms):
+            if i in self.lms:
+                arm.lm = self.lms[i]  # arms may be shared by engines; each engine brings its own caches
             arm.reset()
         cap = len(prompt) + max_new_tokens + max(a.gamma for a in self.arms) + 2
         seq = Sequence(torch.zeros(cap, dtype=torch.long, device=self.device), [])

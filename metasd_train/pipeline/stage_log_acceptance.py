@@ -48,7 +48,7 @@ def run(ctx: StageContext) -> dict:
     engine = make_engine(ctx.target, ctx.tokenizer, arms, cfg.decode)
     eos = eos_ids(ctx.target, ctx.tokenizer)
     t_verify = forward_seconds(ctx.target, ctx.device, d.gamma + 1)
-    t_token = [forward_seconds(a.lm.model, ctx.device, 1) if a.kind == "model" else 0.0 for a in arms]
+    t_token = [forward_seconds(a.model, ctx.device, 1) if a.kind == "model" else 0.0 for a in arms]
     rows = []
     prompts = heldout(ctx)
     with Progress() as progress:

@@ -37,13 +37,17 @@ def make_engine(models, **kw):
     return SpecEngine(models["target"], arms, SamplingParams(), eos_ids=[1], **kw)
 
 
-def reference(target, prompt, n):
-    out = target.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=n, eos_token_id=1, pad_token_id=1)
+def reference(target, prompt, n, eos=1):
+    out = target.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=n, eos_token_id=eos, pad_token_id=1)
     return out[0, len(prompt) :].tolist()
 
 
-def test_greedy_matches_generate_on_50_prompts_with_random_switching(models):
-    engine = make_engine(models)
+FAST = pytest.mark.parametrize("fast", [False, True], ids=["dynamic-cache", "static-cache"])
+
+
+@FAST
+def test_greedy_matches_generate_on_50_prompts_with_random_switching(models, fast):
+    engine = make_engine(models, fast=fast, max_len=64)
     chooser = BanditChooser(RandomArm(len(engine.arms), seed=3))
     rng = random.Random(0)
     accepted = rejected = eos = 0
@@ -60,8 +64,9 @@ def test_greedy_matches_generate_on_50_prompts_with_random_switching(models):
     assert {r.arm_name for r in gen.rounds} <= {a.name for a in engine.arms}
 
 
-def test_stops_exactly_at_max_new_tokens_and_eos(models):
-    engine = make_engine(models)
+@FAST
+def test_stops_exactly_at_max_new_tokens_and_eos(models, fast):
+    engine = make_engine(models, fast=fast, max_len=64)
     chooser = BanditChooser(RandomArm(len(engine.arms), seed=0))
     for n in (1, 2, 5, 9):
         gen = engine.generate([5, 6, 7], n, chooser)
@@ -95,8 +100,28 @@ def test_kv_caches_equal_fresh_recomputation_after_200_switches(models):
     assert engine.target.seen == len(seq) - 1
 
 
-def test_full_feedback_scores_idle_arms_and_stays_lossless(models):
-    engine = make_engine(models, full_feedback=True)
+def test_static_cache_after_200_switches_and_long_catch_ups(models):
+    """Positions, padding to captured widths and chunked catch-up (widths 1..5, 8) keep the output exact."""
+    engine = make_engine(models, fast=True, max_len=800)
+    for lm in [engine.target, *engine.lms.values()]:
+        lm.widths = (1, 2, 3, 4, 5, 8)  # a catch-up of 20 tokens runs as 8 + 8 + 4 (padded to 5)
+    widths_fed = []
+    for lm in engine.lms.values():
+        lm.forward = (lambda f: lambda ids, **kw: widths_fed.append(len(ids)) or f(ids, **kw))(lm.forward)
+    rng = random.Random(7)
+    chooser = BanditChooser(RandomArm(len(engine.arms)))
+    chooser.select = lambda ctx: rng.randrange(len(engine.arms) - 1) if rng.random() < 0.1 else len(engine.arms) - 1
+    prompt = [3, 4, 5, 6, 3, 4]
+    engine.eos_ids = set()
+    gen = engine.generate(prompt, 700, chooser)
+    assert len(gen.rounds) >= 200
+    assert gen.tokens == reference(models["target"], prompt, 700, eos=None)
+    assert max(widths_fed) > 16  # drafters that sat out caught up in several chunks
+
+
+@FAST
+def test_full_feedback_scores_idle_arms_and_stays_lossless(models, fast):
+    engine = make_engine(models, full_feedback=True, fast=fast, max_len=64)
     chooser = BanditChooser(RandomArm(len(engine.arms), seed=1))
     gen = engine.generate([4, 5, 6, 4, 5], 20, chooser)
     assert gen.tokens == reference(models["target"], [4, 5, 6, 4, 5], 20)
