@@ -25,6 +25,7 @@ from omegaconf import OmegaConf
 from metasd_train.bandit.chooser import BanditChooser
 from metasd_train.bandit.policies import FixedArm, make_policy
 from metasd_train.data.prompts import chat_ids
+from metasd_train.decoding.arms import NoDraftArm
 from metasd_train.pipeline import plots
 from metasd_train.pipeline.decoding import DecodeArgs, load_ensemble, make_chooser, read_questions
 from metasd_train.pipeline.ensemble import eos_ids, make_engine
@@ -41,6 +42,11 @@ ARGS = {
     "budget_s": 480.0,
     "commit": "unknown",
     "device": "auto",
+    "hf_per_category": 1,  # prompts per category for the slow HF eager and assisted baselines
+    "hf_max": 0,  # at most this many prompts for them (0 = no cap)
+    "fast": True,  # our engine on static caches + CUDA graphs
+    "check_eager": True,  # also run our eager engine (generalist arm) and compare tokens with the fast path
+    "check_fp32": 64,  # new tokens per prompt for the fp32 losslessness check of the fast path (0 = off)
 }
 
 
@@ -146,8 +152,10 @@ def main(argv: list[str]) -> None:
         )
         return rows
 
+    hf_prompts = [(ids, c) for (ids, c), q in zip(prompts, qs) if q in pick_prompts(args.prompts, args.hf_per_category)]
+    hf_prompts = hf_prompts[: args.hf_max or None]
     run_hf(model, prompts[:1], 8, eos, do_sample=False)  # CUDA context and kernels warm
-    ref = timed("hf_generate_eager", lambda: run_hf(model, prompts, n, eos, do_sample=False))
+    timed(f"hf_generate_eager ({len(hf_prompts)} prompts)", lambda: run_hf(model, hf_prompts, n, eos, do_sample=False))
     if args.compile:
         t = time.perf_counter()
         run_hf(model, prompts[:1], n, eos, do_sample=False, cache_implementation="static")
@@ -163,9 +171,17 @@ def main(argv: list[str]) -> None:
         drafter.generation_config.num_assistant_tokens_schedule = "constant"
         drafter.generation_config.assistant_confidence_threshold = 0.0
         timed(
-            f"hf_assisted:{name}", lambda d=drafter: run_hf(model, prompts, n, eos, do_sample=False, assistant_model=d)
+            f"hf_assisted:{name} ({len(hf_prompts)} prompts)",
+            lambda d=drafter: run_hf(model, hf_prompts, n, eos, do_sample=False, assistant_model=d),
         )
+    greedy.fast = bool(args.fast)
+    t = time.perf_counter()
     engine = make_engine(model, tok, arms, greedy)
+    notes["engine_start_s (build + graph capture)"] = time.perf_counter() - t + engine.warmup()
+    alone = make_engine(model, tok, [NoDraftArm("target_only", model.config.vocab_size)], greedy)
+    alone.warmup()
+    run_engine(engine, BanditChooser(FixedArm(len(arms), 0)), prompts[:1], 16)  # first-call costs out of the timings
+    timed("engine_target_only", lambda: run_engine(alone, BanditChooser(FixedArm(1, 0)), prompts, n))
     for i, name in enumerate(names):
         timed(f"engine_fixed:{name}", lambda i=i: run_engine(engine, BanditChooser(FixedArm(len(arms), i)), prompts, n))
     bcfg = json.loads((folder / "bandit/bandit.json").read_text())["config"]
@@ -176,6 +192,7 @@ def main(argv: list[str]) -> None:
         )
     timed("metasd:linucb-warm", lambda: run_engine(engine, make_chooser(dargs, folder, manifest, arms)[0], prompts, n))
     full = make_engine(model, tok, arms, greedy, full_feedback=True)
+    full.warmup()
     timed(
         "metasd:linucb-warm-full-info",
         lambda: run_engine(full, make_chooser(dargs, folder, manifest, arms)[0], prompts, n),
@@ -185,16 +202,31 @@ def main(argv: list[str]) -> None:
     notes.update({f"oracle_arm:{cat}": b for cat, b in best.items()})
     oracle_rows = [fixed[best[cat]]["rows"][i] for i, (_, cat) in enumerate(prompts)]  # prompt order, as the reference
     results["oracle_per_category"] = {"rows": oracle_rows, "agg": aggregate(oracle_rows), "wall_s": 0.0}
+    ref = results["hf_generate_static_compile"]["rows"] if args.compile else results["engine_target_only"]["rows"]
     mismatches = {
         k: sum(a["tokens"] != b["tokens"] for a, b in zip(v["rows"], ref))
         for k, v in results.items()
-        if k != "hf_generate_static_compile" and "sampled" not in k
+        if not k.startswith("hf_") and "sampled" not in k
     }
+    if args.check_eager:
+        eager = make_engine(model, tok, arms, OmegaConf.create({**greedy, "fast": False}))
+        rows = timed(
+            "check:engine_eager:" + names[0],
+            lambda: run_engine(eager, BanditChooser(FixedArm(len(arms), 0)), prompts, n),
+        )
+        fast_rows = results[f"engine_fixed:{names[0]}"]["rows"]
+        notes["fast_vs_eager_engine_same_tokens"] = (
+            f"{sum(a['tokens'] == b['tokens'] for a, b in zip(rows, fast_rows))}/{len(rows)}"
+        )
+    if args.check_fp32:
+        notes["fp32_fast_path_vs_hf_greedy_same_tokens"] = check_fp32(
+            dargs, folder, manifest, prompts, int(args.check_fp32)
+        )
     if args.sampled:
         sampled = OmegaConf.create({**greedy, "temperature": 0.7})
         timed(
-            "sampled_T0.7:hf_generate_eager",
-            lambda: run_hf(model, prompts, n, eos, do_sample=True, temperature=0.7, top_k=None, top_p=1.0),
+            f"sampled_T0.7:hf_generate_eager ({len(hf_prompts)} prompts)",
+            lambda: run_hf(model, hf_prompts, n, eos, do_sample=True, temperature=0.7, top_k=None, top_p=1.0),
         )
         timed(
             "sampled_T0.7:metasd:linucb-warm",
@@ -202,7 +234,30 @@ def main(argv: list[str]) -> None:
                 make_engine(model, tok, arms, sampled), make_chooser(dargs, folder, manifest, arms)[0], prompts, n
             ),
         )
+        timed(
+            "sampled_T0.7:engine_target_only",
+            lambda: run_engine(
+                make_engine(model, tok, [NoDraftArm("target_only", model.config.vocab_size)], sampled),
+                BanditChooser(FixedArm(1, 0)),
+                prompts,
+                n,
+            ),
+        )
     report(args, results, notes, mismatches, manifest, model, time.perf_counter() - start)
+
+
+def check_fp32(dargs, folder, manifest, prompts, n: int) -> str:
+    """In fp32 the fast path with a switching bandit must give HF's greedy tokens exactly."""
+    import dataclasses
+
+    _, _, target, arms = load_ensemble(dataclasses.replace(dargs, dtype="fp32"))
+    model, tok = target.model, target.tokenizer
+    eos = eos_ids(model, tok)
+    cfg = OmegaConf.create({**manifest["decode"], "temperature": 0.0, "top_k": 0, "top_p": 1.0, "early_stop": 0.0})
+    engine = make_engine(model, tok, arms, cfg)
+    ours = run_engine(engine, make_chooser(dargs, folder, manifest, arms)[0], prompts, n)
+    ref = run_hf(model, prompts, n, eos, do_sample=False)
+    return f"{sum(a['tokens'] == b['tokens'] for a, b in zip(ours, ref))}/{len(ref)} (fast={engine.fast}, {n} tokens)"
 
 
 def report(args, results, notes, mismatches, manifest, model, total_s) -> None:
@@ -210,7 +265,7 @@ def report(args, results, notes, mismatches, manifest, model, total_s) -> None:
     out.mkdir(parents=True, exist_ok=True)
     card = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"
     best_ar = max(
-        (k for k in ("hf_generate_eager", "hf_generate_static_compile") if k in results),
+        (k for k in results if k.startswith("hf_generate") or k == "engine_target_only"),
         key=lambda k: results[k]["agg"]["all"]["tokens_per_s"],
     )
     meta = {
@@ -233,14 +288,15 @@ def report(args, results, notes, mismatches, manifest, model, total_s) -> None:
     (out / "results.json").write_text(
         json.dumps({"meta": meta, "results": {k: v["agg"] for k, v in results.items()}}, indent=1)
     )
-    cats = sorted(c for c in results["hf_generate_eager"]["agg"] if c != "all") + ["all"]
+    cats = sorted(c for c in results["engine_target_only"]["agg"] if c != "all") + ["all"]
     lines = [
         f"# Benchmark: {manifest['target']['name']} on {card}",
         "",
         f"dtype {model.dtype}, torch {meta['torch']}, transformers {meta['transformers']}, greedy unless marked, "
         f"{args.max_new_tokens} new tokens, {args.per_category} prompts per category from `{args.prompts}`, commit {args.commit}.",
         f"Speed-up is against ({best_ar}), the fastest autoregressive baseline in this run. "
-        f"Greedy outputs differing from HF eager: {mismatches}.",
+        f"Greedy outputs differing from the reference ({'HF static+compile' if args.compile else 'our target alone'}, "
+        f"same dtype) per config: {mismatches}. HF eager/assisted rows ran on the prompts their names count.",
         "",
         "| config | " + " | ".join(f"{c} tok/s" for c in cats) + " | speed-up | τ | bandit share |",
         "|---|" + "---|" * (len(cats) + 3),

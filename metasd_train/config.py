@@ -120,6 +120,8 @@ class DecodeConfig:
     dtype: str = "auto"
     heldout_per_domain: int = 4  # prompts per domain in log_acceptance
     seed: int = 0
+    fast: bool = True  # on CUDA: static KV caches + CUDA graphs (eager DynamicCache path otherwise)
+    max_len: int = 2048  # positions in the fast path's static caches (prompt + new tokens)
 
 
 @dataclass

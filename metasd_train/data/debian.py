@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import re
 import subprocess
 from collections.abc import Iterator
@@ -13,8 +14,9 @@ from pathlib import Path
 from metasd_train.data.sources import source
 from metasd_train.errors import UserError
 
-APT_LISTS = Path("/var/lib/apt/lists")
-FAQ = Path("/usr/share/doc/debian/FAQ/debian-faq.en.txt.gz")
+# Overridable for machines without apt (e.g. a GPU box given a copy of these files).
+APT_LISTS = Path(os.environ.get("METASD_APT_LISTS", "/var/lib/apt/lists"))
+FAQ = Path(os.environ.get("METASD_DEBIAN_FAQ", "/usr/share/doc/debian/FAQ/debian-faq.en.txt.gz"))
 LANGUAGES = {"de": "German", "fr": "French", "es": "Spanish", "it": "Italian", "pt": "Portuguese", "nl": "Dutch"}
 
 
@@ -27,7 +29,9 @@ def translation_text(lang: str) -> str:
             f"apt-get update -o Acquire::Languages={lang},en"
         )
     path = max(files, key=lambda p: p.stat().st_size)
-    if path.suffix in (".lz4", ".gz", ".xz", ".zst", ".bz2"):
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8", errors="replace").read()
+    if path.suffix in (".lz4", ".xz", ".zst", ".bz2"):
         return subprocess.run(
             ["/usr/lib/apt/apt-helper", "cat-file", str(path)], check=True, capture_output=True, text=True
         ).stdout

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-from rich.progress import Progress
 
 
 def _trim(seq: list[int], eos: set[int]) -> list[int]:
@@ -22,15 +21,12 @@ def answer(
     batch_size: int,
     temperature: float = 0.0,
     seed: int = 0,
-    progress: Progress | None = None,
-    label: str = "",
 ) -> list[list[int]]:
     """Response token ids for each prompt (left-padded batches, cut after the first EOS)."""
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eos = {tokenizer.eos_token_id} | set(_as_list(getattr(model.generation_config, "eos_token_id", None)))
     out: list[list[int]] = []
-    task = progress.add_task(label, total=len(prompts)) if progress else None
     gen = torch.Generator().manual_seed(seed)  # CPU: only draws the per-batch seeds
     for start in range(0, len(prompts), batch_size):
         batch = prompts[start : start + batch_size]
@@ -52,8 +48,6 @@ def answer(
             **kwargs,
         )
         out.extend(_trim(s[width:].tolist(), eos) for s in seqs)
-        if progress:
-            progress.advance(task, len(batch))
     return out
 
 

@@ -11,6 +11,7 @@ what the CPU tests check against the DynamicCache path.
 
 from __future__ import annotations
 
+import contextlib
 from types import SimpleNamespace
 
 import torch
@@ -85,14 +86,24 @@ class StaticLM:
         dtype = next(self.model.parameters()).dtype
         allowed = self._slots[None, :] <= pos[:, None]  # [S, length]
         mask = torch.zeros(allowed.shape, dtype=dtype, device=self.device).masked_fill(~allowed, torch.finfo(dtype).min)
-        return self.model(
-            input_ids=ids.view(1, -1),
-            position_ids=pos.view(1, -1),
-            attention_mask=mask[None, None],
-            use_cache=True,
-            output_hidden_states=hidden,
-            **{self._kw: self.cache},
-        )
+        with self._attention():
+            return self.model(
+                input_ids=ids.view(1, -1),
+                position_ids=pos.view(1, -1),
+                attention_mask=mask[None, None],
+                use_cache=True,
+                output_hidden_states=hidden,
+                **{self._kw: self.cache},
+            )
+
+    def _attention(self):
+        """On CUDA, memory-efficient SDPA: with a mask over the whole buffer, PyTorch's default pick
+        (cuDNN) took 36 us a layer on an H100 for 5 queries x 2048 slots, a quarter of a verify."""
+        if self.device.type != "cuda":
+            return contextlib.nullcontext()
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        return sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
     @torch.inference_mode()
     def forward(self, ids: torch.Tensor, hidden: bool = False):

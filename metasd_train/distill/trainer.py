@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import lightning as L
@@ -11,6 +12,32 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from metasd_train.data.datamodule import DistillDataModule
 from metasd_train.distill.module import DistillModule
+
+
+class TokenThroughput(L.Callback):
+    """Training tokens (non-pad, all ranks) per second of fit, from the first batch to the last."""
+
+    def __init__(self):
+        self.tokens, self.start, self.result = 0, None, {}
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        if self.start is None:
+            self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        self.tokens += int(batch["attention_mask"].sum())
+
+    def on_train_end(self, trainer, module) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - (self.start or time.perf_counter())
+        total = trainer.strategy.reduce(torch.tensor(float(self.tokens), device=module.device), reduce_op="sum")
+        self.result = {
+            "tokens": int(total),
+            "seconds": round(seconds, 2),
+            "tokens_per_s": float(total) / max(seconds, 1e-9),
+            "world_size": trainer.world_size,
+        }
 
 
 def make_trainer(
@@ -27,7 +54,7 @@ def make_trainer(
     if kw.get("precision") is None:
         gpu = torch.cuda.is_available() and kw.get("accelerator", "auto") in ("auto", "gpu", "cuda")
         kw["precision"] = "bf16-mixed" if gpu else "32-true"
-    callbacks = []
+    callbacks = [TokenThroughput()]
     if ckpt_dir is not None and kw.get("enable_checkpointing", True):
         callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0))
     else:
@@ -46,9 +73,11 @@ def make_trainer(
     )
 
 
-def fit(module: DistillModule, dm: DistillDataModule, trainer: L.Trainer, ckpt_dir: Path) -> None:
+def fit(module: DistillModule, dm: DistillDataModule, trainer: L.Trainer, ckpt_dir: Path) -> dict:
+    """Fit (resuming from the last checkpoint if there is one); returns the training throughput."""
     last = ckpt_dir / "last.ckpt"
     trainer.fit(module, datamodule=dm, ckpt_path=str(last) if last.exists() else None)
+    return next(c.result for c in trainer.callbacks if isinstance(c, TokenThroughput))
 
 
 def validate(module: DistillModule, dm: DistillDataModule, trainer: L.Trainer) -> dict[str, dict[str, float]]:

@@ -41,6 +41,8 @@ class DecodeArgs:
     device: str = "auto"
     dtype: str = "auto"
     seed: int = 0
+    fast: bool | None = None  # static caches + CUDA graphs on a GPU (default on)
+    max_len: int | None = None  # positions in the fast path's caches (default 2048)
     baseline: bool = True  # also time the target alone (HF generate) on the same prompts
     quiet: bool = False
 
@@ -65,6 +67,7 @@ def parse(argv: list[str]) -> DecodeArgs:
         ("top_p", out.top_p, lambda v: 0 < v <= 1, "in (0, 1]"),
         ("top_k", out.top_k, lambda v: v >= 0, ">= 0 (0 = off)"),
         ("max_new_tokens", out.max_new_tokens, lambda v: v >= 1, ">= 1"),
+        ("max_len", out.max_len, lambda v: v >= 2, ">= 2"),
     ]
     for key, value, ok, want in checks:
         if value is not None and not ok(value):
@@ -183,13 +186,15 @@ def decode(args: DecodeArgs, console: Console | None = None) -> dict:
         raise UserError('the prompt is empty: pass some text in prompt="..."')
     manifest, folder, target, arms = load_ensemble(args)
     dcfg = OmegaConf.create(manifest["decode"])
-    for key in ("temperature", "top_p", "top_k", "max_new_tokens"):
+    for key in ("temperature", "top_p", "top_k", "max_new_tokens", "fast", "max_len"):
         if getattr(args, key) is not None:
             dcfg[key] = getattr(args, key)
     chooser, bandit_cfg = make_chooser(args, folder, manifest, arms)
     feedback = args.feedback or bandit_cfg.get("feedback", "bandit")
     engine = make_engine(target.model, target.tokenizer, arms, dcfg, full_feedback=feedback == "full")
     engine.check_request(1, int(dcfg.max_new_tokens))
+    if engine.fast:
+        console.print(f"fast path: static caches, CUDA graphs captured in {engine.warmup():.1f}s")
     torch.manual_seed(args.seed)
     questions = (
         [{"question_id": 0, "category": "prompt", "turns": [args.prompt]}]

@@ -64,4 +64,6 @@ def make_engine(target, tokenizer, arms, decode_cfg, full_feedback: bool = False
         eos_ids(target, tokenizer),
         early_stop=float(decode_cfg.early_stop),
         full_feedback=full_feedback,
+        fast=bool(decode_cfg.get("fast", True)) and target.device.type == "cuda",
+        max_len=int(decode_cfg.get("max_len", 2048)),
     )

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.syntax import Syntax
 
 from metasd_train.config import STAGES
+from metasd_train.pipeline import ranks
 from metasd_train.pipeline.context import StageContext
 from metasd_train.pipeline.run_dir import RunDir
 
@@ -27,6 +28,9 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*(LeafSpec|eval mode|does not have many workers|logging interval).*")
 
 
+SHARDED = ("data", "distill", "log_acceptance")  # every rank takes part; the others run on rank 0 alone
+
+
 def stage_fn(stage: str):
     return importlib.import_module(f"metasd_train.pipeline.stage_{stage}").run
 
@@ -41,7 +45,10 @@ def train(cfg: DictConfig, root: str = "runs", console: Console | None = None) -
 
     datasets.disable_progress_bars()
     check_sources(cfg)  # a bad model path fails before any run directory is made
-    run = RunDir.create_or_open(cfg, root)
+    ranks.launch(cfg.trainer)  # several devices: every rank runs from here on
+    if not ranks.is_zero():
+        console.quiet = True
+    run = RunDir(ranks.broadcast(str(RunDir.create_or_open(cfg, root).path) if ranks.is_zero() else None))
     console.rule(f"metasd-train · recipe={cfg.recipe} · {run.path}")
     console.print(Syntax(OmegaConf.to_yaml(cfg), "yaml", theme="ansi_dark"))
     ctx = StageContext(cfg, run, console)
@@ -52,11 +59,15 @@ def train(cfg: DictConfig, root: str = "runs", console: Console | None = None) -
             console.print(f"[green]✓ {stage}[/] already done, skipped")
             continue
         console.rule(f"stage {stage}")
-        start = time.perf_counter()
-        summary = stage_fn(stage)(ctx)
-        run.mark_done(stage, time.perf_counter() - start, summary)
+        start, summary = time.perf_counter(), {}
+        if stage in SHARDED or ranks.is_zero():
+            summary = stage_fn(stage)(ctx)
+        if ranks.is_zero():
+            run.mark_done(stage, time.perf_counter() - start, summary)
+        ranks.barrier()
         console.print(f"[green]✓ {stage}[/] in {time.perf_counter() - start:.1f}s: {summary}")
-    link_latest(run)
+    if ranks.is_zero():
+        link_latest(run)
     console.print(f"run directory: {run.path}")
     return run
 

@@ -13,6 +13,7 @@ from rich.progress import Progress
 from metasd_train.atomic import atomic_dir, write_text
 from metasd_train.data.prompts import domain_prompts
 from metasd_train.data.selfdistill import answer
+from metasd_train.pipeline import ranks
 from metasd_train.pipeline.context import StageContext
 
 
@@ -30,20 +31,22 @@ def run(ctx: StageContext) -> dict:
                 if shard.exists():
                     continue
                 todo = [r for r in rows if r["domain"] == domain and r["split"] != "heldout"]
-                responses = answer(
-                    ctx.target,
-                    ctx.tokenizer,
+                task = progress.add_task(f"{domain} ({kind})", total=len(todo))
+                responses = ranks.map_sharded(  # whole batches per rank: the same batches for any rank count
+                    lambda i, batch, t=temperature: answer(
+                        ctx.target, ctx.tokenizer, batch, cfg.max_new_tokens, cfg.batch_size, t, seed=cfg.seed + i
+                    ),
                     [r["prompt_ids"] for r in todo],
-                    cfg.max_new_tokens,
-                    cfg.batch_size,
-                    temperature,
-                    seed=cfg.seed,
-                    progress=progress,
-                    label=f"{domain} ({kind})",
+                    chunk=cfg.batch_size,
+                    on_done=lambda n, task=task: progress.advance(task, n * ranks.world()),
                 )
                 records = [{**r, "kind": kind, "response_ids": resp} for r, resp in zip(todo, responses)]
-                with atomic_dir(shard) as tmp:
-                    datasets.Dataset.from_list(records).save_to_disk(str(tmp))
+                if ranks.is_zero():
+                    with atomic_dir(shard) as tmp:
+                        datasets.Dataset.from_list(records).save_to_disk(str(tmp))
+                ranks.barrier()
+    if not ranks.is_zero():
+        return {}
     examples = datasets.concatenate_datasets([datasets.load_from_disk(str(p)) for p in sorted(partial.iterdir())])
     with atomic_dir(ctx.run.stage_dir("data")) as out:
         datasets.Dataset.from_list(rows).save_to_disk(str(out / "prompts"))

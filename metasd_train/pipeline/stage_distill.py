@@ -14,6 +14,7 @@ from metasd_train.models import load_model
 from metasd_train.models.drafters import fresh, truncated
 from metasd_train.models.lora import add_lora
 from metasd_train.models.tokenizers import check_tokenizers, check_vocab
+from metasd_train.pipeline import ranks
 from metasd_train.pipeline.context import StageContext
 
 
@@ -46,7 +47,7 @@ def _train(ctx, student, dm, name: str, steps: int, lr: float) -> dict:
         ckpt,
         c.accumulate,
     )
-    fit(module, dm, trainer, ckpt)
+    ctx.extras.setdefault("throughput", {})[name] = fit(module, dm, trainer, ckpt)
     return validate(module, dm, trainer)
 
 
@@ -72,11 +73,17 @@ def run(ctx: StageContext) -> dict:
         lr = c.lora_lr if d.specialists == "lora" else c.lr
         table[domain] = _train(ctx, spec, dm, f"specialist-{domain}", c.specialist_steps, lr)
         specialists[domain] = spec
+    if not ranks.is_zero():
+        return {}
     with atomic_dir(ctx.run.stage_dir("distill")) as out:
         student.save_pretrained(out / "generalist")
         ctx.tokenizer.save_pretrained(out / "generalist")
         for domain, spec in specialists.items():
             spec.save_pretrained(out / "specialists" / domain)  # PEFT format for LoRA
         write_json(out / "acceptance.json", table)
+        write_json(out / "throughput.json", ctx.extras["throughput"])
     ctx.extras["distill_table"] = table
-    return {"val_acceptance": {k: {dd: round(v["acceptance"], 4) for dd, v in t.items()} for k, t in table.items()}}
+    return {
+        "train_tokens_per_s": {k: round(v["tokens_per_s"]) for k, v in ctx.extras["throughput"].items()},
+        "val_acceptance": {k: {dd: round(v["acceptance"], 4) for dd, v in t.items()} for k, t in table.items()},
+    }

@@ -14,7 +14,7 @@ from metasd_train.atomic import atomic_dir
 from metasd_train.bandit.replay import by_request, fixed_tau
 from metasd_train.config import arm_gamma
 from metasd_train.data.acceptance_log import arm_rows, forward_seconds
-from metasd_train.pipeline import plots
+from metasd_train.pipeline import plots, ranks
 from metasd_train.pipeline.context import StageContext
 from metasd_train.pipeline.ensemble import build_arms, distill_specs, eos_ids, make_engine
 
@@ -41,43 +41,58 @@ def committed(target, prompt: list[int], n: int, eos: list[int]) -> list[int]:
     return out[0].tolist()
 
 
+def request_rows(ctx, engine, arms, req: int, row: dict, eos, t_verify: float, t_token: list[float]) -> list[dict]:
+    """One row per (arm, round) of one held-out request, replayed exactly against the target's answer."""
+    seq = committed(ctx.target, row["prompt_ids"], ctx.cfg.decode.max_new_tokens, eos)
+    _, rctx = engine.prefill(row["prompt_ids"], 1)
+    feats = [] if rctx.features is None else rctx.features.float().tolist()
+    rows = []
+    for i, arm in enumerate(arms):
+        for t, (k, n, div) in enumerate(arm_rows(arm, seq, len(row["prompt_ids"]), ctx.device)):
+            t_draft = k * t_token[i]
+            rows.append(
+                {
+                    "request": req,
+                    "domain": row["domain"],
+                    "round": t,
+                    "arm": i,
+                    "arm_name": arm.name,
+                    "drafted": k,
+                    "accepted": n,
+                    "divergence": div,
+                    "efficiency": n / k if k else 0.0,
+                    "throughput": (n + 1) / (k + 1) * t_verify / (t_draft + t_verify),
+                    "t_draft": t_draft,
+                    "t_verify": t_verify,
+                    "features": feats,
+                }
+            )
+    return rows
+
+
 def run(ctx: StageContext) -> dict:
     cfg, d = ctx.cfg, ctx.cfg.drafter
     specs = [{**s, "gamma": arm_gamma(d, s["name"])} for s in distill_specs(ctx.run.require("distill"))]
     arms = build_arms(specs, ctx.target, ctx.tokenizer, d.gamma, d.ngram, arm_gamma(d, "ngram"))
     engine = make_engine(ctx.target, ctx.tokenizer, arms, cfg.decode)
     eos = eos_ids(ctx.target, ctx.tokenizer)
-    t_verify = forward_seconds(ctx.target, ctx.device, d.gamma + 1)
-    t_token = [forward_seconds(a.model, ctx.device, 1) if a.kind == "model" else 0.0 for a in arms]
-    rows = []
+    # one timing for all ranks, so the rows do not depend on how many there are
+    t_verify, t_token = ranks.broadcast(
+        (
+            forward_seconds(ctx.target, ctx.device, d.gamma + 1),
+            [forward_seconds(a.model, ctx.device, 1) if a.kind == "model" else 0.0 for a in arms],
+        )
+    )
     prompts = heldout(ctx)
     with Progress() as progress:
         task = progress.add_task("log_acceptance", total=len(prompts))
-        for req, row in enumerate(prompts):
-            seq = committed(ctx.target, row["prompt_ids"], cfg.decode.max_new_tokens, eos)
-            _, rctx = engine.prefill(row["prompt_ids"], 1)
-            feats = [] if rctx.features is None else rctx.features.float().tolist()
-            for i, arm in enumerate(arms):
-                for t, (k, n, div) in enumerate(arm_rows(arm, seq, len(row["prompt_ids"]), ctx.device)):
-                    t_draft = k * t_token[i]
-                    rows.append(
-                        {
-                            "request": req,
-                            "domain": row["domain"],
-                            "round": t,
-                            "arm": i,
-                            "arm_name": arm.name,
-                            "drafted": k,
-                            "accepted": n,
-                            "divergence": div,
-                            "efficiency": n / k if k else 0.0,
-                            "throughput": (n + 1) / (k + 1) * t_verify / (t_draft + t_verify),
-                            "t_draft": t_draft,
-                            "t_verify": t_verify,
-                            "features": feats,
-                        }
-                    )
-            progress.advance(task)
+        rows = ranks.map_sharded(
+            lambda req, chunk: request_rows(ctx, engine, arms, req, chunk[0], eos, t_verify, t_token),
+            prompts,
+            on_done=lambda n: progress.advance(task, n * ranks.world()),
+        )
+    if not ranks.is_zero():
+        return {}
     names = [a.name for a in arms]
     requests = by_request(rows)
     taus = [fixed_tau(requests, a, len(arms)) for a in range(len(arms))]
