@@ -40,6 +40,8 @@ ARGS = {
     "out": "",
     "hf": True,
     "device": "auto",
+    "compile": False,
+    "eager": True,
 }
 
 
@@ -81,15 +83,21 @@ def main(argv: list[str]) -> None:
         run_hf(target, prompts[:1], 8, eos, do_sample=False)
         rows = run_hf(target, prompts[:2], n, eos, do_sample=False)
         results["hf_generate_eager (2 prompts)"] = aggregate(rows)["all"]
+    if args.compile:  # the fastest autoregressive baseline: HF static cache + torch.compile
+        t = time.perf_counter()
+        run_hf(target, prompts[:1], n, eos, do_sample=False, cache_implementation="static")
+        results["hf_static_compile_warmup_s"] = time.perf_counter() - t
+        rows = run_hf(target, prompts, n, eos, do_sample=False, cache_implementation="static")
+        results["hf_generate_static_compile"] = aggregate(rows)["all"]
+        tokens["hf_static_compile"] = [r["tokens"] for r in rows]
     t = time.perf_counter()
     fast = build(target, vocab, eos, args, fast=True)
     capture_s = fast.warmup()
     startup = {"engine_build_s": time.perf_counter() - t - capture_s, "graph_capture_s": capture_s}
-    engines = {
-        "fast": fast,
-        "eager": build(target, vocab, eos, args, fast=False),
-        "static_nograph": build(target, vocab, eos, args, fast=True, graphs=False),
-    }
+    engines = {"fast": fast}
+    if args.eager:
+        engines["eager"] = build(target, vocab, eos, args, fast=False)
+        engines["static_nograph"] = build(target, vocab, eos, args, fast=True, graphs=False)
     for path, engine in engines.items():
         run_engine(engine, BanditChooser(FixedArm(3, 1)), prompts[:1], 16)  # warm
         for i, arm in enumerate(engine.arms):
@@ -101,7 +109,13 @@ def main(argv: list[str]) -> None:
         f"{a}=={b}:{arm.name}": sum(x == y for x, y in zip(tokens[f"{a}:{arm.name}"], tokens[f"{b}:{arm.name}"]))
         for a, b in (("fast", "static_nograph"), ("fast", "eager"))
         for arm in fast.arms
+        if b in engines
     }
+    if "hf_static_compile" in tokens:
+        for arm in fast.arms:
+            agree[f"fast:{arm.name}==hf_static_compile"] = sum(
+                x == y for x, y in zip(tokens[f"fast:{arm.name}"], tokens["hf_static_compile"])
+            )
     prof = profile_round(fast, prompts[0][0], 64, 1) + profile_round(fast, prompts[0][0], 64, 2)
     meta = {
         "card": torch.cuda.get_device_name() if target.device.type == "cuda" else "cpu",
