@@ -11,7 +11,6 @@ what the CPU tests check against the DynamicCache path.
 
 from __future__ import annotations
 
-import contextlib
 from types import SimpleNamespace
 
 import torch
@@ -35,6 +34,7 @@ class PositionCache(Cache):
         self.length = length
         self.layers = [SimpleNamespace(is_sliding=False) for _ in range(n_layers)]
         self.positions: torch.Tensor | None = None  # [S] long, set before each forward
+        self.span = length  # slots attended by the next forward (a prefix of the buffers)
         self.keys: list[torch.Tensor | None] = [None] * n_layers
         self.values: list[torch.Tensor | None] = [None] * n_layers
 
@@ -46,10 +46,19 @@ class PositionCache(Cache):
             self.values[layer_idx] = value_states.new_zeros((*shape[:3], value_states.shape[-1]))
         self.keys[layer_idx].index_copy_(2, self.positions, key_states)
         self.values[layer_idx].index_copy_(2, self.positions, value_states)
-        return self.keys[layer_idx], self.values[layer_idx]
+        return self.keys[layer_idx][:, :, : self.span], self.values[layer_idx][:, :, : self.span]
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         raise NotImplementedError("PositionCache is indexed by explicit positions")
+
+
+def spans_for(length: int, smallest: int = 256) -> tuple[int, ...]:
+    """Attended prefixes: 256, 512, ... below `length`, then `length` itself."""
+    spans, s = [], smallest
+    while s < length:
+        spans.append(s)
+        s *= 2
+    return (*spans, length)
 
 
 def default_widths(max_gamma: int) -> tuple[int, ...]:
@@ -58,7 +67,12 @@ def default_widths(max_gamma: int) -> tuple[int, ...]:
 
 
 class StaticLM:
-    """CachedLM's interface (forward / rewind / seen) over a PositionCache; graphs on CUDA."""
+    """CachedLM's interface (forward / rewind / seen) over a PositionCache; graphs on CUDA.
+
+    A forward attends only the smallest span (256, 512, ...) that holds its positions: attention over
+    the whole 2048-slot buffer cost 36 us a layer on an H100 (cuDNN SDPA, 5 queries), a quarter of a
+    verify, and the memory-efficient kernel 103 us. One graph per (width, span).
+    """
 
     def __init__(self, model, vocab_size: int, max_len: int, widths: tuple[int, ...], graphs: bool | None = None):
         self.model, self.vocab_size, self.max_len = model, vocab_size, max_len
@@ -71,7 +85,8 @@ class StaticLM:
             self.cache = PositionCache(model.config.num_hidden_layers, length)
             self._slots = torch.arange(length, device=self.device)
             self._base = {w: torch.arange(w, device=self.device) for w in self.widths}
-        self._captured: dict[int, tuple] = {}  # width -> (graph, ids, pos, logits)
+        self.spans = spans_for(length)
+        self._captured: dict[tuple[int, int], tuple] = {}  # (width, span) -> (graph, ids, pos, logits)
         self.seen = 0
 
     def reset(self) -> None:
@@ -80,30 +95,23 @@ class StaticLM:
     def rewind(self, length: int) -> None:
         self.seen = min(self.seen, length)
 
-    def _run(self, ids: torch.Tensor, pos: torch.Tensor, hidden: bool = False):
-        # ids, pos: [S] -> model output (logits [1, S, V_d])
-        self.cache.positions = pos
+    def _span(self, end: int) -> int:
+        return next(s for s in self.spans if s >= end)
+
+    def _run(self, ids: torch.Tensor, pos: torch.Tensor, span: int, hidden: bool = False):
+        # ids, pos: [S] -> model output (logits [1, S, V_d]); attends slots [0, span)
+        self.cache.positions, self.cache.span = pos, span
         dtype = next(self.model.parameters()).dtype
-        allowed = self._slots[None, :] <= pos[:, None]  # [S, length]
+        allowed = self._slots[None, :span] <= pos[:, None]  # [S, span]
         mask = torch.zeros(allowed.shape, dtype=dtype, device=self.device).masked_fill(~allowed, torch.finfo(dtype).min)
-        with self._attention():
-            return self.model(
-                input_ids=ids.view(1, -1),
-                position_ids=pos.view(1, -1),
-                attention_mask=mask[None, None],
-                use_cache=True,
-                output_hidden_states=hidden,
-                **{self._kw: self.cache},
-            )
-
-    def _attention(self):
-        """On CUDA, memory-efficient SDPA: with a mask over the whole buffer, PyTorch's default pick
-        (cuDNN) took 36 us a layer on an H100 for 5 queries x 2048 slots, a quarter of a verify."""
-        if self.device.type != "cuda":
-            return contextlib.nullcontext()
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
-        return sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+        return self.model(
+            input_ids=ids.view(1, -1),
+            position_ids=pos.view(1, -1),
+            attention_mask=mask[None, None],
+            use_cache=True,
+            output_hidden_states=hidden,
+            **{self._kw: self.cache},
+        )
 
     @torch.inference_mode()
     def forward(self, ids: torch.Tensor, hidden: bool = False):
@@ -117,7 +125,7 @@ class StaticLM:
             )
         if hidden:  # the prefill: one eager forward of any length
             pos = torch.arange(self.seen, self.seen + n, device=self.device)
-            out = self._run(ids, pos, hidden=True)
+            out = self._run(ids, pos, self._span(self.seen + n), hidden=True)
             self.seen += n
             return align_vocab(out.logits[0].float(), self.vocab_size), out.hidden_states[-1][0]
         chunks = []
@@ -129,40 +137,44 @@ class StaticLM:
         # ids: [s] with s <= max width -> logits [s, V] float32
         s = ids.shape[0]
         w = next(w for w in self.widths if w >= s)
+        span = self._span(self.seen + w)  # pad slots too: they are written, so they must be in the buffer
         if self.graphs:
-            graph, ids_buf, pos_buf, logits = self._graph(w)
+            graph, ids_buf, pos_buf, logits = self._graph(w, span)
             ids_buf[:s].copy_(ids)
             torch.add(self._base[w], self.seen, out=pos_buf)
             graph.replay()
         else:
             ids_buf = torch.cat([ids, ids.new_zeros(w - s)])
-            logits = self._run(ids_buf, self._base[w] + self.seen).logits[0]
+            logits = self._run(ids_buf, self._base[w] + self.seen, span).logits[0]
         self.seen += s
-        return align_vocab(logits[:s].float(), self.vocab_size)  # a copy: the graph's buffer is reused
+        # a copy even in fp32: the graph's output buffer is overwritten by its next replay
+        return align_vocab(logits[:s].to(torch.float32, copy=True), self.vocab_size)
 
-    def _graph(self, w: int) -> tuple:
-        if w not in self._captured:
-            self._captured[w] = self._capture(w)
-        return self._captured[w]
+    def _graph(self, w: int, span: int) -> tuple:
+        if (w, span) not in self._captured:
+            self._captured[w, span] = self._capture(w, span)
+        return self._captured[w, span]
 
-    def _capture(self, w: int) -> tuple:
-        """Capture the width-w forward; warm-up and capture write only margin slots past max_len."""
+    def _capture(self, w: int, span: int) -> tuple:
+        """Capture one forward shape. Warm-up and capture write only margin slots past max_len (the
+        positions are a buffer, so replays write where they are told)."""
         ids = torch.zeros(w, dtype=torch.long, device=self.device)
         pos = self._base[w] + self.max_len
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for _ in range(2):
-                self._run(ids, pos)
+                self._run(ids, pos, span)
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            logits = self._run(ids, pos).logits[0]
+            logits = self._run(ids, pos, span).logits[0]
         return graph, ids, pos, logits
 
     def warmup(self) -> None:
-        """Capture every width now, so that no request pays for it."""
+        """Capture every (width, span) now, so that no request pays for it."""
         if self.graphs:
             with torch.inference_mode():
                 for w in self.widths:
-                    self._graph(w)
+                    for span in self.spans:
+                        self._graph(w, span)

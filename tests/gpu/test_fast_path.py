@@ -19,10 +19,9 @@ V = 64
 def engine_for(target, fast, graphs=True, params=SamplingParams()):
     arms = [ModelArm("trunc1", truncated(target, 1), V, 4), ModelArm("trunc2", truncated(target, 2), V, 3)]
     engine = SpecEngine(target, [*arms, NgramArm("ngram", V, 3)], params, eos_ids=[], fast=fast, max_len=128)
-    for lm in engine.lms.values() if fast else []:
+    for lm in [engine.target, *engine.lms.values()] if fast else []:
         lm.graphs = graphs
-    if fast:
-        engine.target.graphs = graphs
+        lm.spans = (16, 32, 64, lm.spans[-1])  # requests cross spans: one graph per (width, span)
     return engine
 
 

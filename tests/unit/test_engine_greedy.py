@@ -160,3 +160,22 @@ def test_drafter_with_too_small_a_vocabulary_is_refused():
     check_vocab(V, V + 8, "bigger drafter", tokenizer_size=V)  # bigger is fine: logits are cut
     with pytest.raises(UserError, match="has 28 output tokens but the target's tokenizer has 32"):
         check_vocab(V, V - 4, "small drafter", tokenizer_size=V)
+
+
+def test_static_lm_logits_equal_a_full_forward_across_spans_and_rewinds(models):
+    """Chunks of every width, crossing the attended spans (4, 8, 16, ...), with rewinds in between."""
+    from metasd_train.decoding.static_cache import StaticLM
+
+    target = models["target"]
+    lm = StaticLM(target, V, max_len=60, widths=(1, 2, 3, 5, 8))
+    lm.spans = (4, 8, 16, 32, lm.spans[-1])
+    seq = torch.randint(2, V, (60,), generator=torch.Generator().manual_seed(0))
+    full = target(seq[None]).logits[0]
+    rng = random.Random(1)
+    while lm.seen < 50:
+        n = rng.choice([1, 2, 3, 4, 5, 7, 12])
+        start = lm.seen
+        got = lm.forward(seq[start : start + n])
+        torch.testing.assert_close(got, full[start : start + n], rtol=1e-4, atol=1e-4)
+        if rng.random() < 0.3:
+            lm.rewind(start + rng.randrange(n + 1))  # a rejection: the rest is fed again
