@@ -28,13 +28,24 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 @contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temp folder beside `path`; it replaces `path` only if the block succeeds."""
+def atomic_dir(path: str | os.PathLike, replace: bool = True) -> Iterator[Path]:
+    """Yield a temp folder beside `path`; it lands on `path` only if the block succeeds.
+
+    replace=False is for caches keyed by their content: the first writer wins, and a folder that
+    another process published meanwhile is never removed under its readers (ours is discarded).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        if not replace:
+            try:
+                os.rename(tmp, path)  # fails if another writer's non-empty folder is there
+            except OSError:
+                if not path.is_dir():
+                    raise
+            return
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)

@@ -98,7 +98,7 @@ def _gguf_as_hf_dir(path: Path) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     del model.config.quantization_config  # the weights are now plain float tensors
     model.hf_quantizer = None
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, replace=False) as tmp:  # ranks or processes may fill the cache at once
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     return out

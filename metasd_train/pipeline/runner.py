@@ -46,11 +46,6 @@ def train(cfg: DictConfig, root: str = "runs", console: Console | None = None) -
     datasets.disable_progress_bars()
     check_sources(cfg)  # a bad model path fails before any run directory is made
     ranks.launch(cfg.trainer)  # several devices: every rank runs from here on
-    if ranks.is_zero():
-        from metasd_train.models.loading import hf_dir
-
-        hf_dir(cfg.target.name)  # a GGUF is dequantised into the cache once, not by every rank at the same time
-    ranks.barrier()
     if not ranks.is_zero():
         console.quiet = True
     run = RunDir(ranks.broadcast(str(RunDir.create_or_open(cfg, root).path) if ranks.is_zero() else None))
