@@ -137,7 +137,7 @@ class StaticLM:
         # ids: [s] with s <= max width -> logits [s, V] float32
         s = ids.shape[0]
         w = next(w for w in self.widths if w >= s)
-        span = self._span(self.seen + w)  # pad slots too: they are written, so they must be in the buffer
+        span = self._span(self.seen + w)  # every query position, pads included, lies inside the span
         if self.graphs:
             graph, ids_buf, pos_buf, logits = self._graph(w, span)
             ids_buf[:s].copy_(ids)

@@ -77,12 +77,13 @@ def run(ctx: StageContext) -> dict:
     engine = make_engine(ctx.target, ctx.tokenizer, arms, cfg.decode)
     eos = eos_ids(ctx.target, ctx.tokenizer)
     # one timing for all ranks, so the rows do not depend on how many there are
-    t_verify, t_token = ranks.broadcast(
-        (
+    timings = None
+    if ranks.is_zero():
+        timings = (
             forward_seconds(ctx.target, ctx.device, d.gamma + 1),
             [forward_seconds(a.model, ctx.device, 1) if a.kind == "model" else 0.0 for a in arms],
         )
-    )
+    t_verify, t_token = ranks.broadcast(timings)
     prompts = heldout(ctx)
     with Progress() as progress:
         task = progress.add_task("log_acceptance", total=len(prompts))
