@@ -2,6 +2,7 @@
 
 python bench/bench.py run=RUN_DIR prompts=question.jsonl [per_category=2] [max_new_tokens=128] [out=DIR]
                       [compile=true] [assisted=generalist] [sampled=true] [budget_s=480] [commit=SHA]
+                      [check_eager=2] [check_fp32=64] [timed=true]
 
 Configurations: (1) HF generate, eager; (2) HF generate with a static cache + torch.compile (the
 fastest autoregressive baseline we can run); (3) HF assisted generation with a drafter; (4) our
@@ -45,8 +46,10 @@ ARGS = {
     "hf_per_category": 1,  # prompts per category for the slow HF eager and assisted baselines
     "hf_max": 0,  # at most this many prompts for them (0 = no cap)
     "fast": True,  # our engine on static caches + CUDA graphs
-    "check_eager": True,  # also run our eager engine (generalist arm) and compare tokens with the fast path
-    "check_fp32": 64,  # new tokens per prompt for the fp32 losslessness check of the fast path (0 = off)
+    "check_eager": 2,  # prompts on which our eager engine (first arm) is compared with the fast path, bf16 (0 = off)
+    "check_fp32": 64,  # new tokens per prompt for the fp32 fast-path-vs-HF-greedy check on every prompt (0 = off)
+    "timed": True,  # false: only the checks (writes checks.json), e.g. in a second device call
+    "hf_sampled": True,  # HF eager sampling at T = 0.7 on the HF prompts
 }
 
 
@@ -125,125 +128,188 @@ def aggregate(rows: list[dict]) -> dict:
     return out
 
 
-def main(argv: list[str]) -> None:
-    args = OmegaConf.merge(OmegaConf.create(ARGS), OmegaConf.from_dotlist(argv))
-    start = time.perf_counter()
-    dargs = DecodeArgs(run=args.run, device=args.device, baseline=False, quiet=True)
-    manifest, folder, target, arms = load_ensemble(dargs)
-    model, tok = target.model, target.tokenizer
-    eos = eos_ids(model, tok)
-    qs = pick_prompts(args.prompts, args.per_category)
-    prompts = [(chat_ids(tok, q["turns"][0]), q["category"]) for q in qs]
-    n = int(args.max_new_tokens)
-    results, notes = {}, {}
-    greedy = OmegaConf.create({**manifest["decode"], "temperature": 0.0, "top_k": 0, "top_p": 1.0, "early_stop": 0.0})
+class Bench:
+    """What every configuration shares: the loaded ensemble, the prompts, the greedy settings."""
 
-    def timed(name, fn):
-        if time.perf_counter() - start > args.budget_s:
-            notes[name] = "skipped: over the time budget"
+    def __init__(self, args):
+        self.args, self.start = args, time.perf_counter()
+        self.dargs = DecodeArgs(run=args.run, device=args.device, baseline=False, quiet=True)
+        self.manifest, self.folder, target, self.arms = load_ensemble(self.dargs)
+        self.model, self.tok = target.model, target.tokenizer
+        self.eos = eos_ids(self.model, self.tok)
+        self.qs = pick_prompts(args.prompts, args.per_category)
+        self.prompts = [(chat_ids(self.tok, q["turns"][0]), q["category"]) for q in self.qs]
+        self.n = int(args.max_new_tokens)
+        self.names = [a.name for a in self.arms]
+        self.greedy = OmegaConf.create(
+            {
+                **self.manifest["decode"],
+                "temperature": 0.0,
+                "top_k": 0,
+                "top_p": 1.0,
+                "early_stop": 0.0,
+                "fast": bool(args.fast),
+            }
+        )
+        self.results, self.notes = {}, {}
+
+    def timed(self, name, fn):
+        if time.perf_counter() - self.start > self.args.budget_s:
+            self.notes[name] = "skipped: over the time budget"
             print(f"skip {name}", flush=True)
             return None
         t = time.perf_counter()
         rows = fn()
-        results[name] = {"rows": rows, "agg": aggregate(rows), "wall_s": time.perf_counter() - t}
-        print(
-            f"{name:<34} {results[name]['agg']['all']['tokens_per_s']:8.1f} tok/s  ({time.perf_counter() - t:.0f}s)",
-            flush=True,
-        )
+        self.results[name] = {"rows": rows, "agg": aggregate(rows), "wall_s": time.perf_counter() - t}
+        tps = self.results[name]["agg"]["all"]["tokens_per_s"]
+        print(f"{name:<34} {tps:8.1f} tok/s  ({time.perf_counter() - t:.0f}s)", flush=True)
         return rows
 
-    hf_prompts = [(ids, c) for (ids, c), q in zip(prompts, qs) if q in pick_prompts(args.prompts, args.hf_per_category)]
-    hf_prompts = hf_prompts[: args.hf_max or None]
-    run_hf(model, prompts[:1], 8, eos, do_sample=False)  # CUDA context and kernels warm
-    timed(f"hf_generate_eager ({len(hf_prompts)} prompts)", lambda: run_hf(model, hf_prompts, n, eos, do_sample=False))
+    def chooser(self):
+        return make_chooser(self.dargs, self.folder, self.manifest, self.arms)[0]
+
+    def alone(self, cfg):
+        return make_engine(self.model, self.tok, [NoDraftArm("target_only", self.model.config.vocab_size)], cfg)
+
+
+def hf_autoregressive(b: Bench, hf_prompts) -> None:
+    """(1) HF eager, (2) HF static cache + compile."""
+    args, model, n, eos = b.args, b.model, b.n, b.eos
+    run_hf(model, b.prompts[:1], 8, eos, do_sample=False)  # CUDA context and kernels warm
+    b.timed(
+        f"hf_generate_eager ({len(hf_prompts)} prompts)", lambda: run_hf(model, hf_prompts, n, eos, do_sample=False)
+    )
     if args.compile:
         t = time.perf_counter()
-        run_hf(model, prompts[:1], n, eos, do_sample=False, cache_implementation="static")
-        notes["hf_static_compile_warmup_s"] = time.perf_counter() - t
-        timed(
+        run_hf(model, b.prompts[:1], n, eos, do_sample=False, cache_implementation="static")
+        b.notes["hf_static_compile_warmup_s"] = time.perf_counter() - t
+        b.timed(
             "hf_generate_static_compile",
-            lambda: run_hf(model, prompts, n, eos, do_sample=False, cache_implementation="static"),
+            lambda: run_hf(model, b.prompts, n, eos, do_sample=False, cache_implementation="static"),
         )
-    names = [a.name for a in arms]
-    for name in [s for s in str(args.assisted).split(",") if s in names]:
-        drafter = arms[names.index(name)].model
-        drafter.generation_config.num_assistant_tokens = arms[names.index(name)].gamma
-        drafter.generation_config.num_assistant_tokens_schedule = "constant"
-        drafter.generation_config.assistant_confidence_threshold = 0.0
-        timed(
+
+
+def hf_assisted(b: Bench, hf_prompts) -> None:
+    """(3) HF assisted generation with each drafter named in `assisted`."""
+    model, n, eos = b.model, b.n, b.eos
+    for name in [s for s in str(b.args.assisted).split(",") if s in b.names]:
+        arm = b.arms[b.names.index(name)]
+        arm.model.generation_config.num_assistant_tokens = arm.gamma
+        arm.model.generation_config.num_assistant_tokens_schedule = "constant"
+        arm.model.generation_config.assistant_confidence_threshold = 0.0
+        b.timed(
             f"hf_assisted:{name} ({len(hf_prompts)} prompts)",
-            lambda d=drafter: run_hf(model, hf_prompts, n, eos, do_sample=False, assistant_model=d),
+            lambda d=arm.model: run_hf(model, hf_prompts, n, eos, do_sample=False, assistant_model=d),
         )
-    greedy.fast = bool(args.fast)
+
+
+def engine_configs(b: Bench) -> None:
+    """Our engine: target alone, (4) each fixed arm, (5) MetaSD policies, (6) the per-category oracle."""
+    prompts, n, k = b.prompts, b.n, len(b.arms)
     t = time.perf_counter()
-    engine = make_engine(model, tok, arms, greedy)
-    notes["engine_start_s (build + graph capture)"] = time.perf_counter() - t + engine.warmup()
-    alone = make_engine(model, tok, [NoDraftArm("target_only", model.config.vocab_size)], greedy)
+    engine = make_engine(b.model, b.tok, b.arms, b.greedy)
+    b.notes["engine_start_s (build + graph capture)"] = time.perf_counter() - t + engine.warmup()
+    alone = b.alone(b.greedy)
     alone.warmup()
-    run_engine(engine, BanditChooser(FixedArm(len(arms), 0)), prompts[:1], 16)  # first-call costs out of the timings
-    timed("engine_target_only", lambda: run_engine(alone, BanditChooser(FixedArm(1, 0)), prompts, n))
-    for i, name in enumerate(names):
-        timed(f"engine_fixed:{name}", lambda i=i: run_engine(engine, BanditChooser(FixedArm(len(arms), i)), prompts, n))
-    bcfg = json.loads((folder / "bandit/bandit.json").read_text())["config"]
+    run_engine(engine, BanditChooser(FixedArm(k, 0)), prompts[:1], 16)  # first-call costs out of the timings
+    b.timed("engine_target_only", lambda: run_engine(alone, BanditChooser(FixedArm(1, 0)), prompts, n))
+    for i, name in enumerate(b.names):
+        b.timed(f"engine_fixed:{name}", lambda i=i: run_engine(engine, BanditChooser(FixedArm(k, i)), prompts, n))
+    bcfg = json.loads((b.folder / "bandit/bandit.json").read_text())["config"]
     for pname, reward in (("ucb", "divergence"), ("exp3", "divergence")):
-        timed(
+        b.timed(
             f"metasd:{pname}-{reward}",
-            lambda p=pname, r=reward: run_engine(engine, BanditChooser(make_policy(p, len(arms), bcfg), r), prompts, n),
+            lambda p=pname, r=reward: run_engine(engine, BanditChooser(make_policy(p, k, bcfg), r), prompts, n),
         )
-    timed("metasd:linucb-warm", lambda: run_engine(engine, make_chooser(dargs, folder, manifest, arms)[0], prompts, n))
-    full = make_engine(model, tok, arms, greedy, full_feedback=True)
+    b.timed("metasd:linucb-warm", lambda: run_engine(engine, b.chooser(), prompts, n))
+    full = make_engine(b.model, b.tok, b.arms, b.greedy, full_feedback=True)
     full.warmup()
-    timed(
-        "metasd:linucb-warm-full-info",
-        lambda: run_engine(full, make_chooser(dargs, folder, manifest, arms)[0], prompts, n),
+    b.timed("metasd:linucb-warm-full-info", lambda: run_engine(full, b.chooser(), prompts, n))
+    fixed = {key: v for key, v in b.results.items() if key.startswith("engine_fixed:")}
+    if len(fixed) == k:
+        cats = {c for _, c in prompts}
+        best = {cat: max(fixed, key=lambda key: fixed[key]["agg"][cat]["tokens_per_s"]) for cat in cats}
+        b.notes.update({f"oracle_arm:{cat}": a for cat, a in best.items()})
+        rows = [fixed[best[cat]]["rows"][i] for i, (_, cat) in enumerate(prompts)]  # prompt order, as the reference
+        b.results["oracle_per_category"] = {"rows": rows, "agg": aggregate(rows), "wall_s": 0.0}
+
+
+def sampled_configs(b: Bench, hf_prompts) -> None:
+    """T = 0.7: HF eager sampling, the warm-started bandit, and our target alone."""
+    n, eos = b.n, b.eos
+    sampled = OmegaConf.create({**b.greedy, "temperature": 0.7})
+    if hf_prompts:
+        b.timed(
+            f"sampled_T0.7:hf_generate_eager ({len(hf_prompts)} prompts)",
+            lambda: run_hf(b.model, hf_prompts, n, eos, do_sample=True, temperature=0.7, top_k=None, top_p=1.0),
+        )
+    b.timed(
+        "sampled_T0.7:metasd:linucb-warm",
+        lambda: run_engine(make_engine(b.model, b.tok, b.arms, sampled), b.chooser(), b.prompts, n),
     )
-    fixed = {k: v for k, v in results.items() if k.startswith("engine_fixed:")}
-    best = {cat: max(fixed, key=lambda k: fixed[k]["agg"][cat]["tokens_per_s"]) for cat in {c for _, c in prompts}}
-    notes.update({f"oracle_arm:{cat}": b for cat, b in best.items()})
-    oracle_rows = [fixed[best[cat]]["rows"][i] for i, (_, cat) in enumerate(prompts)]  # prompt order, as the reference
-    results["oracle_per_category"] = {"rows": oracle_rows, "agg": aggregate(oracle_rows), "wall_s": 0.0}
-    ref = results["hf_generate_static_compile"]["rows"] if args.compile else results["engine_target_only"]["rows"]
+    b.timed(
+        "sampled_T0.7:engine_target_only",
+        lambda: run_engine(b.alone(sampled), BanditChooser(FixedArm(1, 0)), b.prompts, n),
+    )
+
+
+def checks(b: Bench) -> dict:
+    """Same tokens? bf16 fast path vs our eager engine (first arm), and fp32 fast path vs HF greedy."""
+    out = {}
+    if b.args.check_eager:
+        prompts = b.prompts[: int(b.args.check_eager)]
+        k = len(b.arms)
+        fast = run_engine(make_engine(b.model, b.tok, b.arms, b.greedy), BanditChooser(FixedArm(k, 0)), prompts, b.n)
+        eager_cfg = OmegaConf.create({**b.greedy, "fast": False})
+        eager = run_engine(make_engine(b.model, b.tok, b.arms, eager_cfg), BanditChooser(FixedArm(k, 0)), prompts, b.n)
+        same = sum(x["tokens"] == y["tokens"] for x, y in zip(fast, eager))
+        out["bf16_fast_vs_eager_engine_same_tokens"] = f"{same}/{len(prompts)} ({b.names[0]} arm, {b.n} tokens)"
+    if b.args.check_fp32:
+        out["fp32_fast_path_vs_hf_greedy_same_tokens"] = check_fp32(
+            b.dargs, b.folder, b.manifest, b.prompts, int(b.args.check_fp32)
+        )
+    print(json.dumps(out), flush=True)
+    return out
+
+
+def main(argv: list[str]) -> None:
+    args = OmegaConf.merge(OmegaConf.create(ARGS), OmegaConf.from_dotlist(argv))
+    b = Bench(args)
+    hf_prompts = [
+        (ids, c) for (ids, c), q in zip(b.prompts, b.qs) if q in pick_prompts(args.prompts, args.hf_per_category)
+    ]
+    hf_prompts = hf_prompts[: args.hf_max or None]
+    if args.timed:
+        hf_autoregressive(b, hf_prompts)
+        engine_configs(b)
+        hf_assisted(b, hf_prompts)
+        if args.sampled:
+            sampled_configs(b, hf_prompts if args.hf_sampled else [])
+    b.notes.update(checks(b))
+    if not args.timed:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "card": card_name(),
+            "dtype": str(b.model.dtype),
+            "commit": args.commit,
+            "prompts": args.prompts,
+            "per_category": args.per_category,
+            "max_new_tokens": args.max_new_tokens,
+        }
+        (out / "checks.json").write_text(json.dumps({"meta": meta, "checks": b.notes}, indent=1))
+        return
+    ref = b.results["hf_generate_static_compile"]["rows"] if args.compile else b.results["engine_target_only"]["rows"]
     mismatches = {
-        k: sum(a["tokens"] != b["tokens"] for a, b in zip(v["rows"], ref))
-        for k, v in results.items()
+        k: sum(x["tokens"] != y["tokens"] for x, y in zip(v["rows"], ref))
+        for k, v in b.results.items()
         if not k.startswith("hf_") and "sampled" not in k
     }
-    if args.check_eager:
-        eager = make_engine(model, tok, arms, OmegaConf.create({**greedy, "fast": False}))
-        rows = timed(
-            "check:engine_eager:" + names[0],
-            lambda: run_engine(eager, BanditChooser(FixedArm(len(arms), 0)), prompts, n),
-        )
-        fast_rows = results[f"engine_fixed:{names[0]}"]["rows"]
-        notes["fast_vs_eager_engine_same_tokens"] = (
-            f"{sum(a['tokens'] == b['tokens'] for a, b in zip(rows, fast_rows))}/{len(rows)}"
-        )
-    if args.check_fp32:
-        notes["fp32_fast_path_vs_hf_greedy_same_tokens"] = check_fp32(
-            dargs, folder, manifest, prompts, int(args.check_fp32)
-        )
-    if args.sampled:
-        sampled = OmegaConf.create({**greedy, "temperature": 0.7})
-        timed(
-            f"sampled_T0.7:hf_generate_eager ({len(hf_prompts)} prompts)",
-            lambda: run_hf(model, hf_prompts, n, eos, do_sample=True, temperature=0.7, top_k=None, top_p=1.0),
-        )
-        timed(
-            "sampled_T0.7:metasd:linucb-warm",
-            lambda: run_engine(
-                make_engine(model, tok, arms, sampled), make_chooser(dargs, folder, manifest, arms)[0], prompts, n
-            ),
-        )
-        timed(
-            "sampled_T0.7:engine_target_only",
-            lambda: run_engine(
-                make_engine(model, tok, [NoDraftArm("target_only", model.config.vocab_size)], sampled),
-                BanditChooser(FixedArm(1, 0)),
-                prompts,
-                n,
-            ),
-        )
-    report(args, results, notes, mismatches, manifest, model, time.perf_counter() - start)
+    report(args, b.results, b.notes, mismatches, b.manifest, b.model, time.perf_counter() - b.start)
+
+
+def card_name() -> str:
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"
 
 
 def check_fp32(dargs, folder, manifest, prompts, n: int) -> str:
@@ -263,7 +329,7 @@ def check_fp32(dargs, folder, manifest, prompts, n: int) -> str:
 def report(args, results, notes, mismatches, manifest, model, total_s) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    card = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"
+    card = card_name()
     best_ar = max(
         (k for k in results if k.startswith("hf_generate") or k == "engine_target_only"),
         key=lambda k: results[k]["agg"]["all"]["tokens_per_s"],

@@ -173,3 +173,27 @@ def test_exported_drafter_matches_hf_assisted_generation(full_run, monkeypatch):
         assert [r.accepted for r in ours.rounds] == matches
         total += sum(matches)
     assert 0 < total < 3 * 20  # some drafts accepted, some rejected: the comparison is not trivial
+
+
+def test_bench_runs_every_configuration_and_greedy_ones_equal_the_target(full_run, tmp_path):
+    """bench/bench.py on the tiny run (CPU, fp32): every configuration reports, greedy ones give the target's tokens."""
+    from bench.bench import main
+
+    out = tmp_path / "bench"
+    heldout = full_run.path / "data/heldout.jsonl"
+    common = [f"run={full_run.path}", f"prompts={heldout}", "per_category=1", "max_new_tokens=12", f"out={out}"]
+    main([*common, "compile=false", "hf_max=1", "check_eager=1", "check_fp32=12"])
+    report = json.loads((out / "results.json").read_text())
+    names = set(report["results"])
+    arms = json.loads((full_run.path / "export/ensemble.json").read_text())["drafters"]
+    expected = {"engine_target_only", "oracle_per_category", "metasd:linucb-warm", "sampled_T0.7:metasd:linucb-warm"}
+    assert expected | {f"engine_fixed:{a['name']}" for a in arms} <= names
+    mismatches = report["meta"]["greedy_mismatches_vs_hf_eager"]
+    assert mismatches and set(mismatches.values()) == {0}, mismatches
+    notes = report["meta"]["notes"]
+    n = len({q["category"] for q in map(json.loads, heldout.read_text().splitlines())})
+    assert notes["fp32_fast_path_vs_hf_greedy_same_tokens"].startswith(f"{n}/{n} ")
+    assert notes["bf16_fast_vs_eager_engine_same_tokens"].startswith("1/1 ")
+    main([*common, "timed=false", "check_eager=0", "check_fp32=12"])
+    checks = json.loads((out / "checks.json").read_text())["checks"]
+    assert list(checks) == ["fp32_fast_path_vs_hf_greedy_same_tokens"]
