@@ -86,7 +86,7 @@ def _gguf_as_hf_dir(path: Path) -> Path:
     stat = path.stat()
     key = hashlib.sha1(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
     out = cache_dir() / "gguf" / f"{path.stem}-{key}"
-    if (out / "config.json").is_file():
+    if all((out / f).is_file() for f in HF_DIR_FILES):
         return out
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -98,10 +98,30 @@ def _gguf_as_hf_dir(path: Path) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     del model.config.quantization_config  # the weights are now plain float tensors
     model.hf_quantizer = None
-    with atomic_dir(out, replace=False) as tmp:  # ranks or processes may fill the cache at once
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+    write_hf_dir(model, tokenizer, out)
     return out
+
+
+HF_DIR_FILES = ("config.json", "model.safetensors")
+
+
+def write_hf_dir(model, tokenizer, out: Path) -> None:
+    """Publish an HF folder atomically, first writer wins: ranks or processes may fill a cache at once.
+
+    Not `model.save_pretrained`: under an initialised torch.distributed group it writes only on
+    rank 0, so another rank would publish an empty folder.
+    """
+    from safetensors.torch import save_model
+
+    with atomic_dir(out, replace=False) as tmp:
+        save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        model.config.save_pretrained(tmp)
+        if model.generation_config is not None:
+            model.generation_config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        missing = [f for f in HF_DIR_FILES if not (tmp / f).is_file()]
+        if missing:
+            raise RuntimeError(f"internal error: {missing} not written to {tmp}")
 
 
 def pick_device(device: str = "auto") -> torch.device:
