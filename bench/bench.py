@@ -216,7 +216,8 @@ def engine_configs(b: Bench) -> None:
     for i, name in enumerate(b.names):
         b.timed(f"engine_fixed:{name}", lambda i=i: run_engine(engine, BanditChooser(FixedArm(k, i)), prompts, n))
     bcfg = json.loads((b.folder / "bandit/bandit.json").read_text())["config"]
-    for pname, reward in (("ucb", "divergence"), ("exp3", "divergence")):
+    # MetaSD's alignment feedback, then UCB on the cost-aware throughput reward (tokens per target-forward time)
+    for pname, reward in (("ucb", "divergence"), ("exp3", "divergence"), ("ucb", "throughput")):
         b.timed(
             f"metasd:{pname}-{reward}",
             lambda p=pname, r=reward: run_engine(engine, BanditChooser(make_policy(p, k, bcfg), r), prompts, n),

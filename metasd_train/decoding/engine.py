@@ -38,6 +38,16 @@ class RoundContext:
     round: int = 0
 
 
+def throughput_reward(accepted: int, t_draft: float, t_verify: float, max_block: int) -> float:
+    """Tokens this round per unit of round time, in [0, 1]: 1 = a full block of the longest γ drafted for free.
+
+    (accepted + 1) / max_block counts the round's tokens against the most any arm could give;
+    t_verify / (t_draft + t_verify) charges drafting time. A round that drafted nothing earns
+    1 / max_block, as the target alone would; a slow drafter must out-accept its cost.
+    """
+    return (accepted + 1) / max_block * t_verify / max(t_draft + t_verify, 1e-12)
+
+
 @dataclass
 class RoundRecord:
     round: int
@@ -47,7 +57,7 @@ class RoundRecord:
     accepted: int
     divergence: float  # mean 1 - TV(p, q) over the drafted block
     efficiency: float  # accepted / drafted
-    throughput: float  # (accepted + 1) / (drafted + 1), discounted by drafting's share of round time
+    throughput: float  # throughput_reward(): tokens per round time, relative to the best round possible
     t_draft: float
     t_verify: float
     t_catchup: float
@@ -114,6 +124,7 @@ class SpecEngine:
         self.early_stop, self.full_feedback = early_stop, full_feedback
         self.max_context = max_context or getattr(target.config, "max_position_embeddings", 1 << 30)
         self.fast = fast
+        self.max_block = max([a.gamma for a in arms] + [0]) + 1
         if fast:  # static caches of max_len positions; CUDA graphs on a GPU
             self.max_context = min(self.max_context, max_len)
             widths = default_widths(max(a.gamma for a in arms))
@@ -239,7 +250,7 @@ class SpecEngine:
             n,
             host[2],
             n / k if k else 0.0,
-            (n + 1) / (k + 1) * times["verify"] / max(times["draft"] + times["verify"], 1e-12),
+            throughput_reward(n, times["draft"], times["verify"], self.max_block),
             times["draft"],
             times["verify"],
             times.get("catchup", 0.0),

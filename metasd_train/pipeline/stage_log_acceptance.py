@@ -14,6 +14,7 @@ from metasd_train.atomic import atomic_dir
 from metasd_train.bandit.replay import by_request, fixed_tau
 from metasd_train.config import arm_gamma
 from metasd_train.data.acceptance_log import arm_rows, forward_seconds
+from metasd_train.decoding.engine import throughput_reward
 from metasd_train.pipeline import plots, ranks
 from metasd_train.pipeline.context import StageContext
 from metasd_train.pipeline.ensemble import build_arms, distill_specs, eos_ids, make_engine
@@ -46,7 +47,7 @@ def request_rows(ctx, engine, arms, req: int, row: dict, eos, t_verify: float, t
     seq = committed(ctx.target, row["prompt_ids"], ctx.cfg.decode.max_new_tokens, eos)
     _, rctx = engine.prefill(row["prompt_ids"], 1)
     feats = [] if rctx.features is None else rctx.features.float().tolist()
-    rows = []
+    rows, max_block = [], max(a.gamma for a in arms) + 1
     for i, arm in enumerate(arms):
         for t, (k, n, div) in enumerate(arm_rows(arm, seq, len(row["prompt_ids"]), ctx.device)):
             t_draft = k * t_token[i]
@@ -61,7 +62,7 @@ def request_rows(ctx, engine, arms, req: int, row: dict, eos, t_verify: float, t
                     "accepted": n,
                     "divergence": div,
                     "efficiency": n / k if k else 0.0,
-                    "throughput": (n + 1) / (k + 1) * t_verify / (t_draft + t_verify),
+                    "throughput": throughput_reward(n, t_draft, t_verify, max_block),
                     "t_draft": t_draft,
                     "t_verify": t_verify,
                     "features": feats,

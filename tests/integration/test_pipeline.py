@@ -186,7 +186,8 @@ def test_bench_runs_every_configuration_and_greedy_ones_equal_the_target(full_ru
     report = json.loads((out / "results.json").read_text())
     names = set(report["results"])
     arms = json.loads((full_run.path / "export/ensemble.json").read_text())["drafters"]
-    expected = {"engine_target_only", "oracle_per_category", "metasd:linucb-warm", "sampled_T0.7:metasd:linucb-warm"}
+    expected = {"engine_target_only", "oracle_per_category", "metasd:linucb-warm", "metasd:ucb-throughput"}
+    expected |= {"metasd:ucb-divergence", "metasd:exp3-divergence", "sampled_T0.7:metasd:linucb-warm"}
     assert expected | {f"engine_fixed:{a['name']}" for a in arms} <= names
     mismatches = report["meta"]["greedy_mismatches_vs_hf_eager"]
     assert mismatches and set(mismatches.values()) == {0}, mismatches

@@ -150,6 +150,23 @@ def test_linucb_fit_equals_sequential_updates():
     torch.testing.assert_close(a.b, b.b)
 
 
+def test_linucb_cached_scores_equal_the_ridge_formula():
+    """Scores cached per context and rescored per updated arm equal theta.x + beta*sqrt(x A^-1 x) from scratch."""
+    gen = torch.Generator().manual_seed(1)
+    policy = LinUCB(K, D, beta=0.7)
+    for _request in range(6):
+        x = torch.randn(D, generator=gen, dtype=torch.float64)  # a new context tensor per request
+        for _ in range(15):
+            arm = policy.select(x)
+            policy.update(arm, float(torch.rand((), generator=gen)), x)
+            theta = torch.einsum("kij,kj->ki", policy.A_inv, policy.b)
+            width = torch.einsum("i,kij,j->k", x, policy.A_inv, x).sqrt()
+            expected = theta @ x + 0.7 * width
+            torch.testing.assert_close(torch.from_numpy(policy._scores), expected)
+            torch.testing.assert_close(policy.scores(x), expected)
+        assert policy.select(x) == int(torch.argmax(expected))
+
+
 @pytest.mark.parametrize("name", ["linucb", "ucb", "exp3", "seqhalving", "thompson"])
 def test_state_round_trips_through_save_and_load(tmp_path, name):
     from metasd_train.bandit.policies import make_policy

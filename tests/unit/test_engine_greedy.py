@@ -179,3 +179,14 @@ def test_static_lm_logits_equal_a_full_forward_across_spans_and_rewinds(models):
         torch.testing.assert_close(got, full[start : start + n], rtol=1e-4, atol=1e-4)
         if rng.random() < 0.3:
             lm.rewind(start + rng.randrange(n + 1))  # a rejection: the rest is fed again
+
+
+def test_throughput_reward_ranks_rounds_by_tokens_per_time():
+    from metasd_train.decoding.engine import throughput_reward
+
+    assert throughput_reward(4, 0.0, 1.0, max_block=5) == 1.0  # a full block drafted for free
+    assert throughput_reward(0, 0.0, 1.0, max_block=5) == 0.2  # nothing drafted: the target alone's rate
+    assert throughput_reward(4, 1.0, 1.0, max_block=5) == 0.5  # a full block that took a verify's time to draft
+    slow_good = throughput_reward(2, 0.6, 1.0, max_block=5)
+    free_fair = throughput_reward(1, 0.0, 1.0, max_block=5)
+    assert free_fair > slow_good  # 2 tokens for free beat 3 tokens that cost 60% of a verify
