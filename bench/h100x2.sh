@@ -2,7 +2,8 @@
 #   phase train: the smollm2 recipe (6 domains) on 2 GPUs -- the 1-GPU command with only trainer.devices=2
 #                added -- then, on the trained run, the correctness checks on GPU 0 and the GPU tests on GPU 1
 #   phase bench: finishes the run if it was cut, then bench.py's timed configurations on GPU 0 alone
-# usage: bash bench/h100x2.sh train|bench OUT [COMMIT] [LIMIT_S]
+#   phase quick: a smaller smollm2 run ($QUICK overrides) on 2 GPUs, then the bench on GPU 0, in one call
+# usage: bash bench/h100x2.sh train|bench|quick OUT [COMMIT] [LIMIT_S]
 set -o pipefail
 source bench/gpu_env.sh
 export METASD_APT_LISTS=$PWD/.gpu/debian METASD_DEBIAN_FAQ=$PWD/.gpu/debian/debian-faq.en.txt.gz
@@ -10,6 +11,16 @@ R=/tmp/runs/smollm2-2gpu OUT=$2 COMMIT=${3:-unknown} LIMIT=${4:-560} O=/tmp/o
 TRAIN="python3 train.py recipe=smollm2 run_dir=$R trainer.devices=2"
 mkdir -p $OUT /tmp/runs $O
 left() { echo $((LIMIT - SECONDS)); }
+if [ "$1" = quick ]; then
+  QUICK="data.domains.code.n=64 data.domains.math.n=64 data.domains.chat.n=64 data.domains.translation.n=64
+    data.domains.summarisation.n=64 data.domains.qa.n=64 distill.max_steps=200 distill.val_every=200
+    distill.specialist_steps=60 decode.heldout_per_domain=3"
+  R=/tmp/runs/quick
+  TRAIN="python3 train.py recipe=smollm2 run_dir=$R trainer.devices=2 $QUICK"
+  nvidia-smi -L | tee $OUT/cards.txt
+  timeout 300 $TRAIN 2>&1 | tee $OUT/train.log | grep "✓\|error"
+  cp $R/manifest.json $R/config.yaml $OUT/
+fi
 if [ "$1" = train ]; then
   nvidia-smi -L | tee $OUT/cards.txt
   timeout $((LIMIT - 150)) $TRAIN 2>&1 | tee -a $OUT/train.log | grep -v "it/s\]" | tail -40
@@ -25,7 +36,7 @@ if [ "$1" = train ]; then
   cat $O/eager/checks.json $O/fp32/checks.json > $OUT/checks.json 2>/dev/null
   tar czf $OUT/checks_logs.tgz -C $O . ; exit 0
 fi
-timeout $((LIMIT - 420)) $TRAIN 2>&1 | tail -3  # finishes the run if the train phase was cut
+[ "$1" = bench ] && timeout $((LIMIT - 420)) $TRAIN 2>&1 | tail -3  # finishes the run if the train phase was cut
 CUDA_VISIBLE_DEVICES=0 timeout $(($(left) - 20)) python3 bench/bench.py run=$R prompts=$R/data/heldout.jsonl per_category=2 \
   max_new_tokens=256 hf_max=2 check_eager=0 check_fp32=0 budget_s=$(($(left) - 100)) out=$O/bench commit=$COMMIT \
   2>&1 | tee $OUT/bench.log | grep -v Loading
