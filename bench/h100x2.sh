@@ -1,4 +1,4 @@
-# The nvidia-h100-x2 session, after the model is joined in /tmp/model (see the README's GPU notes).
+# The nvidia-h100-x2 session, after the model is joined in /tmp/model (README: "GPU runs on the device machines").
 #   phase train: the smollm2 recipe (6 domains) on 2 GPUs -- the 1-GPU command with only trainer.devices=2
 #                added -- then, on the trained run, the correctness checks on GPU 0 and the GPU tests on GPU 1
 #   phase bench: finishes the run if it was cut, then bench.py's timed configurations on GPU 0 alone
