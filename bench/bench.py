@@ -266,7 +266,8 @@ def checks(b: Bench) -> dict:
         eager_cfg = OmegaConf.create({**b.greedy, "fast": False})
         eager = run_engine(make_engine(b.model, b.tok, b.arms, eager_cfg), BanditChooser(FixedArm(k, 0)), prompts, b.n)
         same = sum(x["tokens"] == y["tokens"] for x, y in zip(fast, eager))
-        out["bf16_fast_vs_eager_engine_same_tokens"] = f"{same}/{len(prompts)} ({b.names[0]} arm, {b.n} tokens)"
+        dtype = str(b.model.dtype).removeprefix("torch.")
+        out[f"{dtype}_fast_vs_eager_engine_same_tokens"] = f"{same}/{len(prompts)} ({b.names[0]} arm, {b.n} tokens)"
     if b.args.check_fp32:
         out["fp32_fast_path_vs_hf_greedy_same_tokens"] = check_fp32(
             b.dargs, b.folder, b.manifest, b.prompts, int(b.args.check_fp32)
@@ -278,9 +279,8 @@ def checks(b: Bench) -> dict:
 def main(argv: list[str]) -> None:
     args = OmegaConf.merge(OmegaConf.create(ARGS), OmegaConf.from_dotlist(argv))
     b = Bench(args)
-    hf_prompts = [
-        (ids, c) for (ids, c), q in zip(b.prompts, b.qs) if q in pick_prompts(args.prompts, args.hf_per_category)
-    ]
+    hf_qs = pick_prompts(args.prompts, args.hf_per_category)
+    hf_prompts = [(ids, c) for (ids, c), q in zip(b.prompts, b.qs) if q in hf_qs]
     hf_prompts = hf_prompts[: args.hf_max or None]
     if args.timed:
         hf_autoregressive(b, hf_prompts)

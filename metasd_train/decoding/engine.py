@@ -124,10 +124,10 @@ class SpecEngine:
         self.early_stop, self.full_feedback = early_stop, full_feedback
         self.max_context = max_context or getattr(target.config, "max_position_embeddings", 1 << 30)
         self.fast = fast
-        self.max_block = max([a.gamma for a in arms] + [0]) + 1
+        self.max_block = max(a.gamma for a in arms) + 1  # the longest round: γmax drafts + 1
         if fast:  # static caches of max_len positions; CUDA graphs on a GPU
             self.max_context = min(self.max_context, max_len)
-            widths = default_widths(max(a.gamma for a in arms))
+            widths = default_widths(self.max_block - 1)
             make = lambda model: StaticLM(model, self.vocab_size, max_len, widths)  # noqa: E731
         else:
             make = lambda model: CachedLM(model, self.vocab_size)  # noqa: E731
@@ -166,7 +166,7 @@ class SpecEngine:
             if i in self.lms:
                 arm.lm = self.lms[i]  # arms may be shared by engines; each engine brings its own caches
             arm.reset()
-        cap = len(prompt) + max_new_tokens + max(a.gamma for a in self.arms) + 2
+        cap = len(prompt) + max_new_tokens + self.max_block + 1
         seq = Sequence(torch.zeros(cap, dtype=torch.long, device=self.device), [])
         seq.extend(list(prompt))
         features = None
@@ -271,7 +271,7 @@ class SpecEngine:
     def _score_idle(self, seq: Sequence, new: list[int], p: torch.Tensor, chosen: int) -> dict[int, float]:
         """Full-information feedback: every idle arm's block divergence on the committed tokens."""
         L = seq.length
-        width = min(len(new), p.shape[0], max(a.gamma for a in self.arms))
+        width = min(len(new), p.shape[0], self.max_block - 1)
         scratch = Sequence(seq.ids, seq.host + new)  # committed view, not yet extended
         scratch.ids[L : L + len(new)] = torch.tensor(new, device=seq.ids.device)
         out = {}

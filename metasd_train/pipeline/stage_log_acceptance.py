@@ -47,7 +47,7 @@ def request_rows(ctx, engine, arms, req: int, row: dict, eos, t_verify: float, t
     seq = committed(ctx.target, row["prompt_ids"], ctx.cfg.decode.max_new_tokens, eos)
     _, rctx = engine.prefill(row["prompt_ids"], 1)
     feats = [] if rctx.features is None else rctx.features.float().tolist()
-    rows, max_block = [], max(a.gamma for a in arms) + 1
+    rows = []
     for i, arm in enumerate(arms):
         for t, (k, n, div) in enumerate(arm_rows(arm, seq, len(row["prompt_ids"]), ctx.device)):
             t_draft = k * t_token[i]
@@ -62,7 +62,7 @@ def request_rows(ctx, engine, arms, req: int, row: dict, eos, t_verify: float, t
                     "accepted": n,
                     "divergence": div,
                     "efficiency": n / k if k else 0.0,
-                    "throughput": throughput_reward(n, t_draft, t_verify, max_block),
+                    "throughput": throughput_reward(n, t_draft, t_verify, engine.max_block),
                     "t_draft": t_draft,
                     "t_verify": t_verify,
                     "features": feats,

@@ -182,7 +182,8 @@ def test_bench_runs_every_configuration_and_greedy_ones_equal_the_target(full_ru
     out = tmp_path / "bench"
     heldout = full_run.path / "data/heldout.jsonl"
     common = [f"run={full_run.path}", f"prompts={heldout}", "per_category=1", "max_new_tokens=12", f"out={out}"]
-    main([*common, "compile=false", "hf_max=1", "check_eager=1", "check_fp32=12"])
+    # check_eager=0: off CUDA both engines are the eager one (tests/gpu compares graphs with eager)
+    main([*common, "compile=false", "hf_max=1", "check_eager=0", "check_fp32=12"])
     report = json.loads((out / "results.json").read_text())
     names = set(report["results"])
     arms = json.loads((full_run.path / "export/ensemble.json").read_text())["drafters"]
@@ -194,7 +195,6 @@ def test_bench_runs_every_configuration_and_greedy_ones_equal_the_target(full_ru
     notes = report["meta"]["notes"]
     n = len({q["category"] for q in map(json.loads, heldout.read_text().splitlines())})
     assert notes["fp32_fast_path_vs_hf_greedy_same_tokens"].startswith(f"{n}/{n} ")
-    assert notes["bf16_fast_vs_eager_engine_same_tokens"].startswith("1/1 ")
     main([*common, "timed=false", "check_eager=0", "check_fp32=12"])
     checks = json.loads((out / "checks.json").read_text())["checks"]
     assert list(checks) == ["fp32_fast_path_vs_hf_greedy_same_tokens"]
