@@ -1,12 +1,15 @@
 """The fast path: KV buffers sized once and written by position, forwards replayed as CUDA graphs.
 
-gpt-fast's layout over any Hugging Face causal LM: each forward writes its keys/values at the
+gpt-fast's layout over a Hugging Face causal LM: each forward writes its keys/values at the
 positions it is given and attends through an explicit mask `slot <= position`, so a rejected
 draft needs no rollback (stale slots are masked, then overwritten) and every forward of a given
 width has the same shapes and addresses. On CUDA each width is captured once as a graph and
 replayed; widths are padded up to a captured bucket (pad tokens write slots past the sequence,
 which nothing attends before they are overwritten). On CPU the same code runs eagerly, which is
 what the CPU tests check against the DynamicCache path.
+
+The forward itself is fastmodel.FastModel for the Llama family (fused weights, fewer kernels) and
+the model's own over a PositionCache (`HFForward`) for anything else.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from types import SimpleNamespace
 import torch
 from transformers.cache_utils import Cache
 
-from metasd_train.decoding.cache import cache_kwarg
+from metasd_train.decoding.cache import cache_kwarg, feature_buffer, feature_indices, gather_features
+from metasd_train.decoding.fastmodel import FastModel, unsupported
 from metasd_train.decoding.sampling import align_vocab
 from metasd_train.errors import UserError
 
@@ -66,28 +70,85 @@ def default_widths(max_gamma: int) -> tuple[int, ...]:
     return tuple(sorted(set(range(1, max_gamma + 2)) | {8, 16, 32}))
 
 
-class StaticLM:
-    """CachedLM's interface (forward / rewind / seen) over a PositionCache; graphs on CUDA.
+class HFForward:
+    """The model's own forward over a PositionCache: any HF causal LM, nothing fused."""
 
-    A forward attends only the smallest span (256, 512, ...) that holds its positions: attention over
-    the whole 2048-slot buffer cost 36 us a layer on an H100 (cuDNN SDPA, 5 queries), a quarter of a
-    verify, and the memory-efficient kernel 103 us. One graph per (width, span).
+    def __init__(self, model, length: int, feature_layers=None):
+        self.model, self._kw = model, cache_kwarg(model)
+        n_layers = model.config.num_hidden_layers
+        self.cache = PositionCache(n_layers, length)
+        param = next(model.parameters())
+        self.slots = torch.arange(length, device=param.device)
+        self.feature_layers = feature_indices(feature_layers, n_layers)
+        width = len(self.feature_layers) * model.config.hidden_size
+        self.features = feature_buffer(length, width, param) if self.feature_layers else None
+
+    def forward(self, ids: torch.Tensor, pos: torch.Tensor, span: int, hidden: bool = False):
+        """Logits [S, V] (model dtype) of `ids` at positions `pos` attending slots [0, span); last hidden states if asked."""
+        # ids, pos: [S] -> logits [S, V], hidden [S, H] | None
+        self.cache.positions, self.cache.span = pos, span
+        dtype = next(self.model.parameters()).dtype
+        allowed = self.slots[None, :span] <= pos[:, None]  # [S, span]
+        mask = torch.zeros(allowed.shape, dtype=dtype, device=pos.device).masked_fill(~allowed, torch.finfo(dtype).min)
+        out = self.model(
+            input_ids=ids.view(1, -1),
+            position_ids=pos.view(1, -1),
+            attention_mask=mask[None, None],
+            use_cache=True,
+            output_hidden_states=hidden or self.features is not None,
+            **{self._kw: self.cache},
+        )
+        if self.features is not None:
+            self.features.index_copy_(0, pos, gather_features(out.hidden_states, self.feature_layers))
+        return out.logits[0], (out.hidden_states[-1][0] if hidden else None)
+
+
+class StaticLM:
+    """CachedLM's interface (forward / rewind / reset / seen / features) over static buffers; graphs on CUDA.
+
+    A forward attends only the smallest span (256, 512, ...) that holds its positions, so short
+    sequences do not pay for attention over the whole buffer: one graph per (width, span).
+
+    Args:
+        model: an HF causal LM (or a peft model over one).
+        vocab_size: logits are cut or padded to the target's vocabulary.
+        max_len: positions the sequence may reach; the buffers add a margin of the widest width.
+        widths: forward widths captured as graphs; others are padded up, longer ones chunked.
+        fast_forward: use fastmodel.FastModel when it supports the model (`fallback` says why not).
+        compile: fastmodel.COMPILE key for the fast forward ("none" | "fused" | "layer" | ...).
+        feature_layers: indices into HF's `hidden_states`; every forward (graphed or not) writes, at
+            each position it feeds, their concatenation into `features` [max_len + margin, len * d].
     """
 
-    def __init__(self, model, vocab_size: int, max_len: int, widths: tuple[int, ...], graphs: bool | None = None):
+    def __init__(
+        self,
+        model,
+        vocab_size: int,
+        max_len: int,
+        widths: tuple[int, ...],
+        fast_forward: bool = True,
+        compile: str = "fused",
+        feature_layers=None,
+    ):
         self.model, self.vocab_size, self.max_len = model, vocab_size, max_len
         self.widths = tuple(sorted(widths))
         self.device = next(model.parameters()).device
-        self.graphs = self.device.type == "cuda" if graphs is None else graphs
-        self._kw = cache_kwarg(model)
+        self.graphs = self.device.type == "cuda"  # callers may turn it off (tests, benchmarks)
+        self.fallback = unsupported(model) if fast_forward else "fast_forward=False"
         length = max_len + self.widths[-1]  # the margin takes pad and capture writes past max_len
         with torch.inference_mode():
-            self.cache = PositionCache(model.config.num_hidden_layers, length)
-            self._slots = torch.arange(length, device=self.device)
+            if self.fallback is None:
+                self.net = FastModel(model, length, compile, feature_layers)
+            else:
+                self.net = HFForward(model, length, feature_layers)
             self._base = {w: torch.arange(w, device=self.device) for w in self.widths}
         self.spans = spans_for(length)
         self._captured: dict[tuple[int, int], tuple] = {}  # (width, span) -> (graph, ids, pos, logits)
         self.seen = 0
+
+    @property
+    def features(self) -> torch.Tensor | None:
+        return self.net.features
 
     def reset(self) -> None:
         self.seen = 0  # slots are overwritten before they are attended
@@ -97,21 +158,6 @@ class StaticLM:
 
     def _span(self, end: int) -> int:
         return next(s for s in self.spans if s >= end)
-
-    def _run(self, ids: torch.Tensor, pos: torch.Tensor, span: int, hidden: bool = False):
-        # ids, pos: [S] -> model output (logits [1, S, V_d]); attends slots [0, span)
-        self.cache.positions, self.cache.span = pos, span
-        dtype = next(self.model.parameters()).dtype
-        allowed = self._slots[None, :span] <= pos[:, None]  # [S, span]
-        mask = torch.zeros(allowed.shape, dtype=dtype, device=self.device).masked_fill(~allowed, torch.finfo(dtype).min)
-        return self.model(
-            input_ids=ids.view(1, -1),
-            position_ids=pos.view(1, -1),
-            attention_mask=mask[None, None],
-            use_cache=True,
-            output_hidden_states=hidden,
-            **{self._kw: self.cache},
-        )
 
     @torch.inference_mode()
     def forward(self, ids: torch.Tensor, hidden: bool = False):
@@ -125,9 +171,9 @@ class StaticLM:
             )
         if hidden:  # the prefill: one eager forward of any length
             pos = torch.arange(self.seen, self.seen + n, device=self.device)
-            out = self._run(ids, pos, self._span(self.seen + n), hidden=True)
+            logits, last = self.net.forward(ids, pos, self._span(self.seen + n), hidden=True)
             self.seen += n
-            return align_vocab(out.logits[0].float(), self.vocab_size), out.hidden_states[-1][0]
+            return align_vocab(logits.float(), self.vocab_size), last
         chunks = []
         for start in range(0, n, self.widths[-1]):
             chunks.append(self._forward_padded(ids[start : start + self.widths[-1]]))
@@ -145,7 +191,7 @@ class StaticLM:
             graph.replay()
         else:
             ids_buf = torch.cat([ids, ids.new_zeros(w - s)])
-            logits = self._run(ids_buf, self._base[w] + self.seen, span).logits[0]
+            logits = self.net.forward(ids_buf, self._base[w] + self.seen, span)[0]
         self.seen += s
         # a copy even in fp32: the graph's output buffer is overwritten by its next replay
         return align_vocab(logits[:s].to(torch.float32, copy=True), self.vocab_size)
@@ -163,12 +209,12 @@ class StaticLM:
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
-            for _ in range(2):
-                self._run(ids, pos, span)
+            for _ in range(2):  # also where torch.compile compiles and autotunes, outside the capture
+                self.net.forward(ids, pos, span)
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            logits = self._run(ids, pos, span).logits[0]
+            logits = self.net.forward(ids, pos, span)[0]
         return graph, ids, pos, logits
 
     def warmup(self) -> None:
