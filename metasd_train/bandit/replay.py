@@ -1,19 +1,32 @@
 """Offline evaluation on an exact full-information log (metasd_train/data/acceptance_log.py).
 
-The log holds, for each request, arm and start position, the round that arm would have had. A
-replay walks each request from position 0: the policy picks an arm, the round's accepted tokens
-plus one advance the position. For greedy decoding this reproduces the engine's rounds exactly.
+The log holds, for each request, arm and start position, the round that arm would have had there.
+A replay walks each request from position 0: the chooser picks an arm, the logged round becomes the
+engine's RoundRecord (`record_of`), the chooser scores it with the same reward functions as in the
+engine, and accepted tokens plus one advance the position. For greedy decoding this reproduces the
+engine's rounds exactly; times are the log's timed forwards.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
+from metasd_train.bandit.chooser import BanditChooser
 from metasd_train.bandit.context import Featurizer
 from metasd_train.bandit.policies import FixedArm, Policy
+from metasd_train.decoding.records import IdleScore, RoundRecord
+
+
+@dataclass
+class ReplayContext:
+    """What the engine's RoundContext gives a chooser."""
+
+    features: torch.Tensor | None
+    round: int = 0
 
 
 def by_request(rows: list[dict]) -> dict[int, dict]:
@@ -28,65 +41,98 @@ def by_request(rows: list[dict]) -> dict[int, dict]:
     return out
 
 
-def play(
-    requests: dict[int, dict],
-    make: Callable[[], Policy],
-    featurizer: Featurizer | None = None,
-    reward: str = "divergence",
-    persist: bool = True,
-    choose: Callable[[dict], int] | None = None,
-):
-    """(tokens, rounds) per domain; `persist` keeps learning across requests; `choose` overrides the policy."""
-    policy = make()
-    tokens, rounds = defaultdict(int), defaultdict(int)
-    for req in requests.values():
-        if not persist:
-            policy = make()
-        x = None
-        if featurizer is not None and policy.contextual:
-            x = featurizer(torch.tensor(req["features"]) if req["features"] else None)
-        t = 0
-        while t < req["length"]:
-            arm = choose(req) if choose else policy.select(x)
-            r = req["arms"][arm][t]
-            t += r["accepted"] + 1
-            tokens[req["domain"]] += r["accepted"] + 1
-            rounds[req["domain"]] += 1
-            if t - r["accepted"] - 1 < req["length"] - 1 and not choose:  # could draft (as in the engine)
-                policy.update(arm, float(r[reward]), x)
-    return tokens, rounds
+def record_of(req: dict, arm: int, pos: int, index: int, full: bool = False) -> RoundRecord:
+    """The logged round of `arm` at `pos` as the engine's RoundRecord; idle arms scored on its committed tokens."""
+    r = req["arms"][arm][pos]
+    seconds = r["t_draft"] + r["t_verify"]
+    idle = {}
+    if full:
+        committed = r["accepted"] + 1
+        for j, by_pos in req["arms"].items():
+            o = by_pos[pos]
+            width = min(o["drafted"], committed)  # an idle arm is scored on the committed tokens only
+            if j != arm and width > 0:
+                idle[j] = IdleScore(width, min(o["accepted"], width), o["divergence"])
+    return RoundRecord(
+        index, arm, r.get("arm_name", str(arm)), r["drafted"], r["accepted"], r["divergence"], r["t_draft"],
+        r["t_verify"], 0.0, 0.0, seconds, r["t_step"], r["max_block"], pos < req["length"] - 1, idle,
+    )  # fmt: skip
 
 
-def tau(tokens: dict, rounds: dict) -> dict[str, float]:
-    out = {d: tokens[d] / rounds[d] for d in sorted(tokens)}
-    out["all"] = sum(tokens.values()) / max(sum(rounds.values()), 1)
+def features_of(req: dict) -> torch.Tensor | None:
+    return torch.tensor(req["features"], dtype=torch.float64) if req["features"] else None
+
+
+def walk(req: dict, chooser: BanditChooser, full: bool = False) -> list[RoundRecord]:
+    """Decode one logged request as the engine would with `chooser`; its rounds."""
+    ctx = ReplayContext(features_of(req))
+    chooser.begin(ctx)
+    pos, out = 0, []
+    while pos < req["length"]:
+        rec = record_of(req, chooser.select(ctx), pos, ctx.round, full)
+        if rec.could_draft:
+            chooser.observe(ctx, rec)
+        out.append(rec)
+        pos += rec.accepted + 1
+        ctx.round += 1
     return out
 
 
-def replay(requests, make, featurizer=None, reward="divergence", persist=True) -> dict[str, float]:
-    return tau(*play(requests, make, featurizer, reward, persist))
+@dataclass
+class Totals:
+    tokens: int = 0
+    rounds: int = 0
+    seconds: float = 0.0
 
 
-def fixed_tau(requests: dict[int, dict], arm: int, n_arms: int) -> dict[str, float]:
+def play(requests: dict[int, dict], make: Callable[[], BanditChooser], persist: bool = True, full: bool = False):
+    """{domain: Totals} of a replay; `persist` keeps one chooser across requests, else a fresh one each."""
+    chooser = make()
+    totals: dict[str, Totals] = defaultdict(Totals)
+    for req in requests.values():
+        if not persist:
+            chooser = make()
+        for rec in walk(req, chooser, full):
+            t = totals[req["domain"]]
+            t.tokens, t.rounds, t.seconds = t.tokens + rec.accepted + 1, t.rounds + 1, t.seconds + rec.t_round
+    return totals
+
+
+def summary(totals: dict[str, Totals]) -> dict[str, dict[str, float]]:
+    """Per domain and 'all': τ (tokens per round) and tokens/s (the log's timed forwards)."""
+    groups = {d: [t] for d, t in sorted(totals.items())}
+    groups["all"] = list(totals.values())
+    out = {}
+    for d, ts in groups.items():
+        tokens, rounds, secs = (sum(getattr(t, k) for t in ts) for k in ("tokens", "rounds", "seconds"))
+        out[d] = {"tau": tokens / max(rounds, 1), "tokens_per_s": tokens / max(secs, 1e-12)}
+    return out
+
+
+def replay(
+    requests,
+    policy: Callable[[], Policy],
+    reward: str = "speed",
+    featurizer: Featurizer | None = None,
+    persist: bool = True,
+    reset_per_request: bool = False,
+    feedback: str = "bandit",
+) -> dict[str, dict[str, float]]:
+    """Replay a policy (built by `policy()`) inside a BanditChooser; per-domain τ and tokens/s."""
+    make = lambda: BanditChooser(policy(), reward, featurizer, reset_per_request, feedback)  # noqa: E731
+    return summary(play(requests, make, persist, full=feedback == "full"))
+
+
+def fixed(requests: dict[int, dict], arm: int, n_arms: int) -> dict[str, dict[str, float]]:
     return replay(requests, lambda: FixedArm(n_arms, arm))
 
 
-def oracle_tau(requests: dict[int, dict], n_arms: int) -> dict[str, float]:
-    """The per-domain oracle: in each domain, the fixed arm with the best τ there (in hindsight)."""
-    per_arm = [fixed_tau(requests, a, n_arms) for a in range(n_arms)]
-    best = {d: max(range(n_arms), key=lambda a: per_arm[a][d]) for d in per_arm[0] if d != "all"}
-    return tau(*play(requests, lambda: FixedArm(n_arms), choose=lambda req: best[req["domain"]]))
-
-
-def separation(rows: list[dict], reward: str) -> dict[str, float]:
-    """Per domain: variance of arm means over mean within-arm variance (higher separates arms better)."""
-    out = {}
-    for domain in sorted({r["domain"] for r in rows}):
-        groups = defaultdict(list)
-        for r in rows:
-            if r["domain"] == domain and r["drafted"]:
-                groups[r["arm"]].append(float(r[reward]))
-        means = torch.tensor([sum(v) / len(v) for v in groups.values()])
-        within = torch.tensor([torch.tensor(v).var().item() if len(v) > 1 else 0.0 for v in groups.values()]).mean()
-        out[domain] = float(means.var() / within.clamp_min(1e-9)) if len(means) > 1 else 0.0
-    return out
+def oracle(requests: dict[int, dict], n_arms: int, key: str = "tokens_per_s") -> dict[str, dict[str, float]]:
+    """The per-domain oracle: in each domain, the fixed arm best there on `key` (in hindsight)."""
+    per_arm = [fixed(requests, a, n_arms) for a in range(n_arms)]
+    best = {d: max(range(n_arms), key=lambda a: per_arm[a][d][key]) for d in per_arm[0] if d != "all"}
+    totals = defaultdict(Totals)
+    for dom, arm in best.items():
+        part = {i: q for i, q in requests.items() if q["domain"] == dom}
+        totals.update(play(part, lambda a=arm: BanditChooser(FixedArm(n_arms, a))))
+    return summary(totals)

@@ -1,29 +1,20 @@
 """Full-information acceptance logs, exact for greedy decoding.
 
 Greedy speculative decoding is lossless, so every arm meets the same committed sequence. A greedy
-drafter's draft from position t depends only on the prefix, so one teacher-forced forward per
-drafter tells, for every start position t, how many tokens that arm would have had accepted in a
+drafter's draft from position t, while it matches, depends only on the prefix, so teacher-forced
+forwards tell, for every start position t, how many tokens that arm would have had accepted in a
 round starting there. One row per (request, start position, arm): `round` is the position.
-Replaying these rows with any policy reproduces the engine's greedy rounds exactly.
+Each row carries what the engine's RoundRecord carries (tokens, divergence, timed draft and verify
+seconds, t_step, max_block), so bandit/replay.py turns it into a RoundRecord and every reward is
+computed by the same function as in the engine. Replaying these rows with any policy reproduces
+the engine's greedy rounds exactly (drafted, accepted); block divergence is exact up to the first
+rejection only (past it the log teacher-forces where the engine conditions on the draft), and the
+times are timed cache-free forwards, not the engine's measured rounds.
 """
 
 from __future__ import annotations
 
-import time
-
-import torch
-
-from metasd_train.decoding.arms import NgramArm
-
-
-@torch.inference_mode()
-def agreement(arm, seq: list[int], start: int, device) -> list[bool]:
-    """For positions j in [start, len): does the arm's next-token prediction at j equal seq[j]?"""
-    if isinstance(arm, NgramArm):
-        raise TypeError("n-gram proposals are multi-token; see ngram_rows")
-    logits = arm.model(input_ids=torch.tensor([seq[:-1]], device=device)).logits[0]  # [L-1, V]
-    pred = logits[start - 1 :].argmax(-1).tolist()
-    return [p == t for p, t in zip(pred, seq[start:])]
+from dataclasses import dataclass
 
 
 def block_rows(matches: list[list[bool]], remaining: list[int], gamma: int) -> list[tuple[int, int, float]]:
@@ -40,31 +31,44 @@ def block_rows(matches: list[list[bool]], remaining: list[int], gamma: int) -> l
     return out
 
 
-def arm_rows(arm, seq: list[int], prompt_len: int, device) -> list[tuple[int, int, float]]:
-    """(drafted, accepted, divergence) of a round of `arm` starting at each new-token position."""
+def arm_rows(arm, seq: list[int], prompt_len: int, target) -> list[tuple[int, int, float]]:
+    """(drafted, accepted, divergence) of a round of `arm` starting at each new-token position; every
+    arm says what it would have drafted there (`block_matches`: one forward for model arms, one target
+    forward and γ unrolled passes for heads, lookups for n-grams)."""
     n = len(seq) - prompt_len
-    remaining = [n - i for i in range(n)]
-    if isinstance(arm, NgramArm):
-        matches = []
-        for t in range(prompt_len, len(seq)):
-            proposal = arm.lookup(seq[:t], arm.gamma)
-            matches.append([a == b for a, b in zip(proposal, seq[t:])])
-        return block_rows(matches, remaining, arm.gamma)
-    agree = agreement(arm, seq, prompt_len, device)
-    return block_rows([agree[i:] for i in range(n)], remaining, arm.gamma)
+    return block_rows(arm.block_matches(seq, prompt_len, target), [n - i for i in range(n)], arm.gamma)
 
 
-def forward_seconds(model, device, width: int, reps: int = 5) -> float:
-    """Median wall time of one cached-free forward of `width` tokens (for the throughput reward)."""
-    x = torch.zeros(1, width, dtype=torch.long, device=device)
-    times = []
-    with torch.inference_mode():
-        for _ in range(reps + 1):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t = time.perf_counter()
-            model(input_ids=x)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - t)
-    return sorted(times[1:])[reps // 2]
+@dataclass(frozen=True)
+class LogTiming:
+    """Timed forwards shared by every row of a log (so rows do not depend on how many ranks ran)."""
+
+    t_step: float  # the target, width 1: the target alone's time per token
+    t_verify: float  # the target, width max_block: a verify forward
+    max_block: int  # γmax + 1
+    t_token: list[float]  # per arm: seconds per drafted token (0 for the n-gram arm)
+
+
+def request_rows(request: int, domain: str, features: list[float], arms, blocks: list, timing: LogTiming) -> list[dict]:
+    """Rows of one request: `blocks[i]` is arm i's (drafted, accepted, divergence) per start position."""
+    rows = []
+    for i, (arm, per_pos) in enumerate(zip(arms, blocks)):
+        for t, (k, n, div) in enumerate(per_pos):
+            rows.append(
+                {
+                    "request": request,
+                    "domain": domain,
+                    "features": features,
+                    "round": t,
+                    "arm": i,
+                    "arm_name": arm.name,
+                    "drafted": k,
+                    "accepted": n,
+                    "divergence": div,
+                    "t_draft": k * timing.t_token[i],
+                    "t_verify": timing.t_verify,
+                    "t_step": timing.t_step,
+                    "max_block": timing.max_block,
+                }
+            )
+    return rows

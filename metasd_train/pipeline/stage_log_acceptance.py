@@ -1,115 +1,107 @@
-"""Stage `log_acceptance`: for every held-out prompt, what every arm would have accepted at every
-position of the target's greedy answer (exact full-information log), plus a τ heatmap."""
+"""Stage `log_acceptance`: for every `val` prompt, what every arm would have accepted at every
+position of the target's greedy answer (exact full-information log), plus a τ heatmap.
+
+The log's prompts come from the `val` split, disjoint from the held-out prompts that decode.py and
+the bench report on, so the bandit fitted on this log is never evaluated on its own prompts.
+"""
 
 from __future__ import annotations
 
 from collections import defaultdict
 
 import datasets
-import torch
 from rich.progress import Progress
 from rich.table import Table
 
 from metasd_train.atomic import atomic_dir
-from metasd_train.bandit.replay import by_request, fixed_tau
+from metasd_train.bandit.chooser import chooser_for
+from metasd_train.bandit.replay import by_request, fixed
 from metasd_train.config import arm_gamma
-from metasd_train.data.acceptance_log import arm_rows, forward_seconds
-from metasd_train.decoding.engine import throughput_reward
+from metasd_train.data.acceptance_log import LogTiming, arm_rows, request_rows
+from metasd_train.decoding.arms import NoDraftArm
+from metasd_train.decoding.assemble import build_arms, make_engine
 from metasd_train.pipeline import plots, ranks
 from metasd_train.pipeline.context import StageContext
-from metasd_train.pipeline.ensemble import build_arms, distill_specs, eos_ids, make_engine
+from metasd_train.pipeline.stage_distill import drafter_specs
+
+SPLIT = "val"  # the log's prompts; "heldout" is for decode.py and the bench
 
 
-def heldout(ctx: StageContext) -> list[dict]:
+def log_prompts(ctx: StageContext) -> list[dict]:
+    """Up to decode.heldout_per_domain prompts of each domain from the `val` split."""
     prompts = datasets.load_from_disk(str(ctx.run.require("data") / "prompts"))
     per_domain = defaultdict(list)
     for row in prompts:
-        if row["split"] == "heldout" and len(per_domain[row["domain"]]) < ctx.cfg.decode.heldout_per_domain:
+        if row["split"] == SPLIT and len(per_domain[row["domain"]]) < ctx.cfg.decode.heldout_per_domain:
             per_domain[row["domain"]].append(row)
     return [r for d in sorted(per_domain) for r in per_domain[d]]
 
 
-@torch.inference_mode()
-def committed(target, prompt: list[int], n: int, eos: list[int]) -> list[int]:
-    """The target's own greedy answer: what every lossless greedy arm commits."""
-    out = target.generate(
-        torch.tensor([prompt], device=target.device),
-        do_sample=False,
-        max_new_tokens=n,
-        eos_token_id=eos,
-        pad_token_id=eos[0],
-    )
-    return out[0].tolist()
+def committed(alone, prompt: list[int], n: int) -> list[int]:
+    """The target's own greedy answer (prompt included): what every lossless greedy arm commits.
+    `alone` is an engine with only the target (on a GPU: the fast path, graphs and all)."""
+    return prompt + alone.generate(prompt, n, chooser_for(None, fixed=0)[0]).tokens
 
 
-def request_rows(ctx, engine, arms, req: int, row: dict, eos, t_verify: float, t_token: list[float]) -> list[dict]:
-    """One row per (arm, round) of one held-out request, replayed exactly against the target's answer."""
-    seq = committed(ctx.target, row["prompt_ids"], ctx.cfg.decode.max_new_tokens, eos)
+def prompt_rows(ctx, engine, alone, arms, req: int, row: dict, timing: LogTiming) -> list[dict]:
+    """One row per (arm, start position) of one prompt, exact against the target's greedy answer."""
+    seq = committed(alone, row["prompt_ids"], ctx.cfg.decode.max_new_tokens)
     _, rctx = engine.prefill(row["prompt_ids"], 1)
     feats = [] if rctx.features is None else rctx.features.float().tolist()
-    rows = []
-    for i, arm in enumerate(arms):
-        for t, (k, n, div) in enumerate(arm_rows(arm, seq, len(row["prompt_ids"]), ctx.device)):
-            t_draft = k * t_token[i]
-            rows.append(
-                {
-                    "request": req,
-                    "domain": row["domain"],
-                    "round": t,
-                    "arm": i,
-                    "arm_name": arm.name,
-                    "drafted": k,
-                    "accepted": n,
-                    "divergence": div,
-                    "efficiency": n / k if k else 0.0,
-                    "throughput": throughput_reward(n, t_draft, t_verify, engine.max_block),
-                    "t_draft": t_draft,
-                    "t_verify": t_verify,
-                    "features": feats,
-                }
-            )
-    return rows
+    blocks = [arm_rows(arm, seq, len(row["prompt_ids"]), ctx.target) for arm in arms]
+    return request_rows(req, row["domain"], feats, arms, blocks, timing)
+
+
+def timing(engine) -> LogTiming:
+    """Timed once on rank 0 through the engine's own caches (graphs on a GPU) and broadcast, so the rows
+    do not depend on how many ranks ran."""
+    t = None
+    if ranks.is_zero():
+        t = LogTiming(
+            engine.calibrate(),
+            engine.forward_seconds(engine.target, engine.max_block),
+            engine.max_block,
+            [engine.draft_seconds(i) for i in range(len(engine.arms))],
+        )
+    return ranks.broadcast(t)
+
+
+def publish(ctx: StageContext, rows: list[dict], names: list[str]) -> dict:
+    """Write the rows and the τ heatmap; log the τ table; the stage summary."""
+    requests = by_request(rows)
+    taus = [fixed(requests, a, len(names)) for a in range(len(names))]
+    domains = [k for k in taus[0] if k != "all"]
+    title = f"τ (tokens per round, greedy) on {len(requests)} {SPLIT} prompts"
+    with atomic_dir(ctx.run.stage_dir("log_acceptance")) as out:
+        datasets.Dataset.from_list(rows).save_to_disk(str(out / "rounds"))
+        plots.heatmap([[t[d]["tau"] for d in domains] for t in taus], names, domains, title, out / "tau_heatmap.png")
+    table = Table("drafter", *domains, "all", title=title)
+    for name, t in zip(names, taus):
+        table.add_row(name, *[f"{t[k]['tau']:.2f}" for k in domains + ["all"]])
+    ctx.log(table)
+    tau = {n: {k: round(v["tau"], 3) for k, v in t.items()} for n, t in zip(names, taus)}
+    return {"rows": len(rows), "split": SPLIT, "prompts": len(requests), "tau": tau}
 
 
 def run(ctx: StageContext) -> dict:
     cfg, d = ctx.cfg, ctx.cfg.drafter
-    specs = [{**s, "gamma": arm_gamma(d, s["name"])} for s in distill_specs(ctx.run.require("distill"))]
-    arms = build_arms(specs, ctx.target, ctx.tokenizer, d.gamma, d.ngram, arm_gamma(d, "ngram"))
+    specs = drafter_specs(ctx.run.require("distill"), d)
+    arms = build_arms(specs, ctx.target, ctx.tokenizer, arm_gamma(d, "ngram") if d.ngram else None)
     engine = make_engine(ctx.target, ctx.tokenizer, arms, cfg.decode)
-    eos = eos_ids(ctx.target, ctx.tokenizer)
-    # one timing for all ranks, so the rows do not depend on how many there are
-    timings = None
-    if ranks.is_zero():
-        timings = (
-            forward_seconds(ctx.target, ctx.device, d.gamma + 1),
-            [forward_seconds(a.model, ctx.device, 1) if a.kind == "model" else 0.0 for a in arms],
-        )
-    t_verify, t_token = ranks.broadcast(timings)
-    prompts = heldout(ctx)
+    alone = make_engine(
+        ctx.target, ctx.tokenizer, [NoDraftArm("target_only", ctx.target.config.vocab_size)], cfg.decode
+    )
+    engine.warmup()
+    alone.warmup()
+    times = timing(engine)
+    prompts = log_prompts(ctx)
     with Progress() as progress:
-        task = progress.add_task("log_acceptance", total=len(prompts))
+        task = progress.add_task(f"log_acceptance ({SPLIT} prompts)", total=len(prompts))
         rows = ranks.map_sharded(
-            lambda req, chunk: request_rows(ctx, engine, arms, req, chunk[0], eos, t_verify, t_token),
+            lambda req, chunk: prompt_rows(ctx, engine, alone, arms, req, chunk[0], times),
             prompts,
             on_done=lambda n: progress.advance(task, n * ranks.world()),
         )
     if not ranks.is_zero():
         return {}
-    names = [a.name for a in arms]
-    requests = by_request(rows)
-    taus = [fixed_tau(requests, a, len(arms)) for a in range(len(arms))]
-    domains = [k for k in taus[0] if k != "all"]
-    with atomic_dir(ctx.run.stage_dir("log_acceptance")) as out:
-        datasets.Dataset.from_list(rows).save_to_disk(str(out / "rounds"))
-        plots.heatmap(
-            [[t[dom] for dom in domains] for t in taus],
-            names,
-            domains,
-            "τ (tokens per round, greedy) on held-out prompts",
-            out / "tau_heatmap.png",
-        )
-    table = Table("drafter", *domains, "all", title="τ (tokens per round, greedy) on held-out prompts")
-    for name, t in zip(names, taus):
-        table.add_row(name, *[f"{t[k]:.2f}" for k in domains + ["all"]])
-    ctx.log(table)
-    return {"rows": len(rows), "tau": {n: {k: round(v, 3) for k, v in t.items()} for n, t in zip(names, taus)}}
+    return publish(ctx, rows, [a.name for a in arms])

@@ -1,17 +1,18 @@
-"""The exact greedy log reproduces the engine's rounds for any fixed arm (model and n-gram)."""
+"""The exact greedy log reproduces the engine's rounds: for any fixed arm (model and n-gram), and for
+a policy that learns from rewards, round by round (choices, drafted, accepted)."""
 
 import random
 
 import pytest
-import torch
 
 from metasd_train.bandit.chooser import BanditChooser
-from metasd_train.bandit.policies import FixedArm, RandomArm
-from metasd_train.bandit.replay import by_request, play
-from metasd_train.data.acceptance_log import arm_rows
+from metasd_train.bandit.policies import UCB, FixedArm
+from metasd_train.bandit.replay import by_request, walk
+from metasd_train.data.acceptance_log import LogTiming, arm_rows, request_rows
 from metasd_train.decoding.arms import ModelArm, NgramArm
 from metasd_train.decoding.engine import SpecEngine
-from metasd_train.models.drafters import tiny_llama, truncated
+from metasd_train.models.drafters import truncated
+from metasd_train.models.random_init import tiny_llama
 
 V = 32
 
@@ -27,24 +28,11 @@ def setup():
     return target, arms
 
 
-def logged(arms, seq, prompt_len):
-    rows = []
-    for i, arm in enumerate(arms):
-        for t, (k, n, d) in enumerate(arm_rows(arm, seq, prompt_len, "cpu")):
-            rows.append(
-                {
-                    "request": 0,
-                    "domain": "x",
-                    "features": [],
-                    "round": t,
-                    "arm": i,
-                    "drafted": k,
-                    "accepted": n,
-                    "divergence": d,
-                    "efficiency": n / k if k else 0.0,
-                }
-            )
-    return rows
+def logged(target, arms, seq, prompt_len):
+    """The log's rows for one request (timings made up: they do not enter τ or the efficiency reward)."""
+    timing = LogTiming(t_step=1.0, t_verify=1.1, max_block=4, t_token=[0.2, 0.1, 0.0])
+    blocks = [arm_rows(arm, seq, prompt_len, target) for arm in arms]
+    return by_request(request_rows(0, "x", [], arms, blocks, timing))[0]
 
 
 def test_log_replay_reproduces_engine_rounds(setup):
@@ -55,23 +43,24 @@ def test_log_replay_reproduces_engine_rounds(setup):
         prompt = [rng.randrange(2, V) for _ in range(rng.randint(2, 8))] * 2
         for i in range(len(arms)):
             gen = engine.generate(prompt, 30, BanditChooser(FixedArm(len(arms), i)))
-            rows = logged(arms, prompt + gen.tokens, len(prompt))
-            req = by_request(rows)
-            replayed = []
-            t = 0
-            while t < req[0]["length"]:
-                r = req[0]["arms"][i][t]
-                replayed.append((r["drafted"], r["accepted"]))
-                t += r["accepted"] + 1
-            assert replayed == [(r.drafted, r.accepted) for r in gen.rounds]
+            replayed = walk(
+                logged(target, arms, prompt + gen.tokens, len(prompt)), BanditChooser(FixedArm(len(arms), i))
+            )
+            assert [(r.drafted, r.accepted) for r in replayed] == [(r.drafted, r.accepted) for r in gen.rounds]
 
 
-def test_replay_with_a_switching_policy_matches_the_engine(setup):
+def test_replay_of_a_reward_driven_policy_matches_the_engine_round_by_round(setup):
+    """UCB reads every reward, so one wrong reward in the replay changes its later choices. (Block
+    divergence is not exact in the log past a rejection, where the log teacher-forces; efficiency and
+    the speed reward's token counts are.)"""
+    reward = "efficiency"
     target, arms = setup
     engine = SpecEngine(target, arms, eos_ids=[])
     prompt = [4, 9, 4, 9, 11, 4, 9]
-    gen = engine.generate(prompt, 40, BanditChooser(RandomArm(len(arms), seed=3)))
-    rows = logged(arms, prompt + gen.tokens, len(prompt))
-    tokens, rounds = play(by_request(rows), lambda: RandomArm(len(arms), seed=3))
-    assert (tokens["x"], rounds["x"]) == (len(gen.tokens), len(gen.rounds))
-    assert torch.tensor([r.accepted for r in gen.rounds]).sum() > 0
+    gen = engine.generate(prompt, 60, BanditChooser(UCB(len(arms), beta=0.3), reward))
+    replayed = walk(
+        logged(target, arms, prompt + gen.tokens, len(prompt)), BanditChooser(UCB(len(arms), beta=0.3), reward)
+    )
+    ours = [(r.arm, r.drafted, r.accepted) for r in replayed]
+    assert ours == [(r.arm, r.drafted, r.accepted) for r in gen.rounds]
+    assert len({r.arm for r in gen.rounds}) == len(arms) and sum(r.accepted for r in gen.rounds) > 0
