@@ -12,17 +12,13 @@ class UserError(Exception):
 
 @contextmanager
 def one_line_errors():
-    """Turn a UserError (or a Ctrl-C) into one line on stderr and exit code 2, never a traceback."""
+    """Turn a UserError into one line on stderr and exit code 2 (a Ctrl-C: one line and 130), never a traceback."""
     try:
         yield
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        if getattr(e, "echo", True):  # False on ranks > 0 for an error rank 0 prints (pipeline/runner.on_zero)
+            print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         print("interrupted: re-run the same command to resume", file=sys.stderr)
         raise SystemExit(130) from None
-
-
-def require(cond: bool, message: str) -> None:
-    if not cond:
-        raise UserError(message)

@@ -21,3 +21,6 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+collect_ignore = ["mutants.py"]  # a script (python tests/mutants.py): minutes, not part of CI

@@ -11,7 +11,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-from metasd_train.data.sources import source
+from metasd_train.data.registry import source
 from metasd_train.errors import UserError
 
 # Overridable for machines without apt (e.g. a GPU box given a copy of these files).
@@ -33,7 +33,11 @@ def translation_text(lang: str) -> str:
         return gzip.open(path, "rt", encoding="utf-8", errors="replace").read()
     if path.suffix in (".lz4", ".xz", ".zst", ".bz2"):
         return subprocess.run(
-            ["/usr/lib/apt/apt-helper", "cat-file", str(path)], check=True, capture_output=True, text=True
+            ["/usr/lib/apt/apt-helper", "cat-file", str(path)],
+            check=True,
+            capture_output=True,
+            encoding="utf-8",
+            errors="replace",  # like the other branches: a bad byte spoils one character, not the run
         ).stdout
     return path.read_text(encoding="utf-8", errors="replace")
 

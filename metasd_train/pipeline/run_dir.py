@@ -1,12 +1,19 @@
 """A run directory: resolved config, a manifest of finished stages, one folder per stage's outputs.
 
 A stage's folder is written under a temp name and renamed when the stage finishes, so a run
-killed at any point holds only whole stages; re-running the same command skips them.
+killed at any point holds only whole stages; re-running the same command skips them. Only one
+process works in a run directory at a time (`RunLock`), and only folders this package made are
+ever opened as one: a new or empty folder, or one holding our manifest.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
+import os
+import shutil
+import socket
 import time
 from datetime import datetime
 from pathlib import Path
@@ -14,56 +21,135 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from metasd_train.atomic import write_json, write_text
+from metasd_train.config import STAGES, RunConfig
 from metasd_train.errors import UserError
+
+FORMAT = "metasd-train run"  # the manifest's marker: what makes a folder a run directory
 
 
 class RunDir:
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self.lock: RunLock | None = None
 
     @classmethod
     def create_or_open(cls, cfg: DictConfig, root: str | Path = "runs") -> RunDir:
-        if cfg.run_dir:
-            run = cls(cfg.run_dir)
-            if run.path.exists() and (run.path / "config.yaml").exists():
-                run.check_same_recipe(cfg)
-        else:
-            stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-            run = cls(Path(root) / cfg.recipe / stamp)
+        """Open cfg.run_dir (or make runs/<recipe>/<timestamp>), lock it, clean stale temp files and
+        record the config; one error line if the folder is not ours, is in use, or was made otherwise."""
+        run = cls(cfg.run_dir) if cfg.run_dir else cls(new_run_path(Path(root) / cfg.recipe))
+        run.check_usable()
         run.path.mkdir(parents=True, exist_ok=True)
-        write_text(run.path / "config.yaml", OmegaConf.to_yaml(cfg))
+        run.lock = RunLock(run.path / ".lock")
+        run.lock.acquire(f"run_dir={run.path}")
+        try:
+            run.check_usable()  # again under the lock: another process may have made it meanwhile
+            run.clean_stale()
+            run.record_config(cfg)
+        except BaseException:
+            run.close()
+            raise
         return run
 
-    def check_same_recipe(self, cfg: DictConfig) -> None:
-        old = OmegaConf.load(self.path / "config.yaml")
-        for key in ("target.name", "drafter.kind", "drafter.layers"):
-            if OmegaConf.select(old, key) != OmegaConf.select(cfg, key):
-                raise UserError(
-                    f"run_dir={self.path} was made with {key}={OmegaConf.select(old, key)}, not "
-                    f"{OmegaConf.select(cfg, key)}; resume it with its own settings or start a new run"
-                )
+    def close(self) -> None:
+        """Release the lock (the kernel also releases it when the process dies)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
+    def check_usable(self) -> None:
+        """A new or empty folder, or a run directory; anything else (a file, a user's folder) is refused."""
+        if self.path.exists() and not self.path.is_dir():
+            raise UserError(f"run_dir={self.path} is a file; pass a folder (a new one, or an earlier run's)")
+        if not self.path.is_dir() or self.is_run() or leftovers_only(self.path):
+            return
+        raise UserError(
+            f"run_dir={self.path} is a folder that holds other files and no {self.manifest_path.name}: "
+            "it is not a metasd-train run, and nothing in it is touched; pass a new or empty folder"
+        )
+
+    def is_run(self) -> bool:
+        """Our manifest is here (or, for a run made before manifests were written at start, our config)."""
+        if self.manifest_path.exists():
+            self.manifest()  # a corrupt manifest is one error line
+            return True
+        if self.config_path.exists():
+            old = self.config()
+            return all(k in old for k in ("recipe", "stages", "target", "drafter"))
+        return False
+
+    # --- config.yaml ---------------------------------------------------------------------------
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.yaml"
+
+    def config(self) -> DictConfig | None:
+        if not self.config_path.exists():
+            return None
+        try:
+            cfg = OmegaConf.load(self.config_path)
+        except Exception as e:  # yaml and OmegaConf errors alike
+            raise UserError(
+                f"{self.config_path} is corrupt ({one_line(e)}); restore it or start a new run_dir"
+            ) from None
+        if not isinstance(cfg, DictConfig):
+            raise UserError(f"{self.config_path} is corrupt (not a mapping); restore it or start a new run_dir")
+        return cfg
+
+    def record_config(self, cfg: DictConfig) -> None:
+        """Write cfg as config.yaml, after refusing changes to settings that finished stages were built with."""
+        old = self.config()
+        if old is not None:
+            done = [s for s in STAGES if self.is_done(s)]
+            changes = changed_settings(old, cfg, done)
+            if changes:
+                raise UserError(self._changes_message(changes))
+        if not self.manifest_path.exists():
+            write_json(self.manifest_path, {"format": FORMAT, "created": now(), "stages": {}})
+        write_text(self.config_path, OmegaConf.to_yaml(cfg))
+
+    def _changes_message(self, changes: list[tuple[str, object, object, str]]) -> str:
+        key, old, new, stage = changes[0]
+        more = f" (also changed: {', '.join(c[0] for c in changes[1:])})" if len(changes) > 1 else ""
+        return (
+            f"run_dir={self.path} was made with {key}={old!r}, not {new!r}{more}; its finished '{stage}' stage "
+            f"was built with it: resume with the run's own settings (see {self.config_path.name}), delete "
+            f"{stage}/ and the stage folders after it to rebuild them, or start a new run_dir"
+        )
+
+    # --- manifest.json ---------------------------------------------------------------------------
     @property
     def manifest_path(self) -> Path:
         return self.path / "manifest.json"
 
     def manifest(self) -> dict:
-        if self.manifest_path.exists():
-            return json.loads(self.manifest_path.read_text())
-        return {"stages": {}}
+        if not self.manifest_path.exists():
+            return {"format": FORMAT, "stages": {}}
+        try:
+            manifest = json.loads(self.manifest_path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise UserError(f"{self.manifest_path} is corrupt ({one_line(e)}); {CORRUPT_FIX}") from None
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("stages"), dict):
+            raise UserError(f"{self.manifest_path} is corrupt (no 'stages' mapping); {CORRUPT_FIX}")
+        return manifest
 
     def stage_dir(self, stage: str) -> Path:
         return self.path / stage
 
     def is_done(self, stage: str) -> bool:
+        """Finished, with every output file still there at the size it was written with."""
         entry = self.manifest()["stages"].get(stage)
-        return bool(entry) and all((self.path / o).exists() for o in entry["outputs"])
+        if not entry:
+            return False
+        outputs = entry.get("outputs") or {}
+        if isinstance(outputs, list):  # manifests written before sizes were recorded
+            return all((self.path / o).exists() for o in outputs)
+        return all(size_of(self.path / o) == size for o, size in outputs.items())
 
     def mark_done(self, stage: str, seconds: float, summary: dict | None = None) -> None:
         manifest = self.manifest()
-        outputs = sorted(str(p.relative_to(self.path)) for p in self.stage_dir(stage).rglob("*") if p.is_file())
+        files = sorted(p for p in self.stage_dir(stage).rglob("*") if p.is_file())
         manifest["stages"][stage] = {
-            "outputs": outputs,
+            "outputs": {str(p.relative_to(self.path)): p.stat().st_size for p in files},
             "seconds": round(seconds, 2),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "summary": summary or {},
@@ -75,3 +161,222 @@ class RunDir:
         if not self.is_done(stage):
             raise UserError(f"{self.path} has no finished '{stage}' stage; run it first (stages=[{stage},...])")
         return self.stage_dir(stage)
+
+    def check_target(self, fingerprint: str, name: str) -> None:
+        """Record the target's fingerprint, or refuse a target whose weights differ from the one the
+        finished stages were built with (same name, other seed, config or files)."""
+        manifest = self.manifest()
+        old = manifest.get("target_fingerprint")
+        if old and old != fingerprint and any(self.is_done(s) for s in STAGES):
+            raise UserError(
+                f"run_dir={self.path} was built with a target of fingerprint {old}, but target.name={name} now "
+                f"loads one of fingerprint {fingerprint} (other weights under the same name); start a new run_dir"
+            )
+        if old != fingerprint:
+            manifest["target_fingerprint"] = fingerprint
+            write_json(self.manifest_path, manifest)
+
+    def clean_stale(self) -> list[Path]:
+        """Remove temp files and folders (`.*.tmp`) a killed process left: beside the stage folders, the
+        data shards and the checkpoints. Only under the lock, so no live writer owns them."""
+        places = [self.path, self.path / ".data.partial", *sorted((self.path / ".checkpoints").glob("*"))]
+        removed = []
+        for place in places:
+            for p in sorted(place.glob(".*.tmp")) if place.is_dir() else []:
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p)
+                else:
+                    p.unlink()
+                removed.append(p)
+        return removed
+
+
+CORRUPT_FIX = "restore it, or delete it to redo every stage, or start a new run_dir"
+
+
+def leftovers_only(path: Path) -> bool:
+    """Nothing in the folder but what a killed start of ours could leave (our lock, temp names)."""
+    return all(p.name == ".lock" or (p.name.startswith(".") and p.name.endswith(".tmp")) for p in path.iterdir())
+
+
+def new_run_path(parent: Path) -> Path:
+    """parent/<timestamp>, with a suffix when two runs start within the same second."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    path, n = parent / stamp, 1
+    while path.exists():
+        path, n = parent / f"{stamp}-{n}", n + 1
+    return path
+
+
+def size_of(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def one_line(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+class RunLock:
+    """An exclusive lock on a run directory: flock on `<run>/.lock`, a file that names its holder.
+
+    The kernel drops a flock when its process dies, so a lock left by a killed run (kill -9, a
+    crash, a reboot) is taken over without asking. Where the filesystem has no flock, the file
+    alone is the lock, and one naming a dead process of this host is stale and taken over.
+    """
+
+    def __init__(self, path: Path):
+        self.path, self.fd = Path(path), None
+
+    def acquire(self, what: str) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UserError(self._busy(what, self.holder())) from None
+        except OSError as e:  # no flock here (some network/FUSE filesystems): the holder's pid decides
+            if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                os.close(fd)
+                raise
+            if is_alive(holder := self.holder()):
+                os.close(fd)
+                raise UserError(self._busy(what, holder)) from None
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": now()}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        os.ftruncate(self.fd, 0)  # the file stays (removing it would race a waiting opener); empty = free
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+        self.fd = None
+
+    def holder(self) -> dict:
+        try:
+            info = json.loads(self.path.read_text() or "{}")
+        except (OSError, ValueError):
+            return {}
+        return info if isinstance(info, dict) else {}
+
+    @staticmethod
+    def _busy(what: str, holder: dict) -> str:
+        who = (
+            f"process {holder['pid']} on {holder.get('host', '?')} (since {holder.get('since', '?')})"
+            if "pid" in holder
+            else "another process (starting up)"
+        )
+        return f"{what} is in use by {who}; wait for it to finish or stop it, then run this command again"
+
+
+def is_alive(holder: dict) -> bool:
+    """Whether a lock holder may still run: alive on this host, or on another host (we cannot tell)."""
+    if "pid" not in holder:
+        return False
+    if holder.get("host") != socket.gethostname():
+        return True
+    try:
+        os.kill(int(holder["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError, OverflowError):
+        return True
+    return True
+
+
+# The settings each stage's outputs are built from, as dotted key prefixes; the longest prefix that
+# matches a key decides. A stage builds on the outputs of every stage before it, so once a stage is
+# done, the settings of it and of all earlier stages are fixed. None: settings that change how a
+# run executes, not what it makes (devices, checkpoint cadence, the stage list itself).
+STAGE_OF_SETTING: dict[str, str | None] = {
+    "seed": "data",
+    "target": "data",
+    "data": "data",
+    "decode.heldout_per_domain": "data",
+    "drafter": "distill",
+    "distill": "distill",
+    "trainer.precision": "distill",
+    "drafter.gamma": "log_acceptance",
+    "drafter.gammas": "log_acceptance",
+    "drafter.ngram": "log_acceptance",
+    "drafter.ngram_gamma": "log_acceptance",
+    "decode": "log_acceptance",
+    "bandit": "fit_bandit",
+    "export": "export",
+    "recipe": None,
+    "description": None,
+    "run_dir": None,
+    "stages": None,
+    "device": None,
+    "trainer": None,
+    "decode.device": None,
+    "decode.fast": None,
+    "decode.compile": None,
+    "distill.checkpoint_every": None,
+}
+
+
+def stage_of_setting(key: str) -> str | None:
+    """The first stage whose outputs depend on `key` (keys of no known section: the data stage)."""
+    parts = key.split(".")
+    for n in range(len(parts), 0, -1):
+        prefix = ".".join(parts[:n])
+        if prefix in STAGE_OF_SETTING:
+            return STAGE_OF_SETTING[prefix]
+    return "data"
+
+
+def changed_settings(old: DictConfig, new: DictConfig, done: list[str]) -> list[tuple[str, object, object, str]]:
+    """(key, old value, new value, stage) for each setting that differs and that a finished stage
+    (or a stage before a finished one) was built with; keys the schema gained or lost are not changes."""
+    if not done:
+        return []
+    last = max(STAGES.index(s) for s in done)
+    a, b = flat(OmegaConf.to_container(old)), flat(OmegaConf.to_container(new))
+    schema = OmegaConf.structured(RunConfig)
+    out = []
+    for key in sorted(a.keys() | b.keys()):
+        stage = stage_of_setting(key)
+        if stage is None or STAGES.index(stage) > last or a.get(key, MISSING) == b.get(key, MISSING):
+            continue
+        if key not in a and b[key] == OmegaConf.select(schema, key, default=MISSING):
+            continue  # a key added to the schema since the run was made, at its default
+        if key not in b and schema_dropped(schema, key):
+            continue  # a key the schema no longer has
+        out.append((key, a.get(key), b.get(key), stage))
+    return out
+
+
+MISSING = object()
+
+
+def flat(tree, prefix: str = "") -> dict:
+    """{dotted.key: leaf} of nested dicts (lists are leaves; an empty mapping has no keys)."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out = {}
+    for k, v in tree.items():
+        out.update(flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def schema_dropped(schema: DictConfig, key: str) -> bool:
+    """Whether `key` names a field the config schema does not have (not an entry of a user's mapping)."""
+    node = schema
+    for part in key.split("."):
+        if not isinstance(node, DictConfig) or OmegaConf.get_type(node) is dict:
+            return False  # inside a free-form mapping (data.domains, trainer, ...): the user's own keys
+        if part not in node:
+            return True
+        node = node[part]
+    return False

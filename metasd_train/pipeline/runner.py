@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import os
 import time
 
@@ -11,6 +10,7 @@ from rich.console import Console
 from rich.syntax import Syntax
 
 from metasd_train.config import STAGES
+from metasd_train.errors import UserError
 from metasd_train.pipeline import ranks
 from metasd_train.pipeline.context import StageContext
 from metasd_train.pipeline.run_dir import RunDir
@@ -31,8 +31,19 @@ def quiet_libraries() -> None:
 SHARDED = ("data", "distill", "log_acceptance")  # every rank takes part; the others run on rank 0 alone
 
 
-def stage_fn(stage: str):
-    return importlib.import_module(f"metasd_train.pipeline.stage_{stage}").run
+def stage_runs() -> dict:
+    """Stage name -> its function, in the order they run (the names are config.STAGES)."""
+    from metasd_train.pipeline import stage_data, stage_distill, stage_export, stage_fit_bandit, stage_log_acceptance
+
+    runs = {
+        "data": stage_data.run,
+        "distill": stage_distill.run,
+        "log_acceptance": stage_log_acceptance.run,
+        "fit_bandit": stage_fit_bandit.run,
+        "export": stage_export.run,
+    }
+    assert tuple(runs) == STAGES, "config.STAGES and the runner's stages must list the same stages in order"
+    return runs
 
 
 def train(cfg: DictConfig, root: str = "runs", console: Console | None = None) -> RunDir:
@@ -43,16 +54,39 @@ def train(cfg: DictConfig, root: str = "runs", console: Console | None = None) -
     quiet_libraries()
     import datasets
 
+    from metasd_train.distill.trainer import check_trainer
+
     datasets.disable_progress_bars()
     check_sources(cfg)  # a bad model path fails before any run directory is made
+    check_trainer(OmegaConf.to_container(cfg.trainer))  # so do Lightning's own config errors
     ranks.launch(cfg.trainer)  # several devices: every rank runs from here on
     if not ranks.is_zero():
         console.quiet = True
-    run = RunDir(ranks.broadcast(str(RunDir.create_or_open(cfg, root).path) if ranks.is_zero() else None))
+    run = open_run(cfg, root)
+    try:
+        run_stages(cfg, run, console)
+    finally:
+        run.close()  # the lock goes with the process anyway; this frees it for a caller that goes on
+    console.print(f"run directory: {run.path}")
+    return run
+
+
+def open_run(cfg: DictConfig, root: str) -> RunDir:
+    """Rank 0 opens and locks the run directory (ranks started before this hold no lock); every rank
+    gets its path, or the same one error line."""
+    opened = on_zero(lambda: RunDir.create_or_open(cfg, root))
+    path = ranks.broadcast(str(opened.path) if opened else None)
+    return opened or RunDir(path)
+
+
+def run_stages(cfg: DictConfig, run: RunDir, console: Console) -> None:
     console.rule(f"metasd-train · recipe={cfg.recipe} · {run.path}")
     console.print(Syntax(OmegaConf.to_yaml(cfg), "yaml", theme="ansi_dark"))
     ctx = StageContext(cfg, run, console)
-    for stage in STAGES:
+    todo = [s for s in stage_runs() if s in cfg.stages and not run.is_done(s)]
+    if set(todo) & set(TARGET_STAGES):
+        on_zero(lambda: run.check_target(target_fingerprint(ctx), cfg.target.name))
+    for stage, stage_run in stage_runs().items():
         if stage not in cfg.stages:
             continue
         if run.is_done(stage):
@@ -61,25 +95,65 @@ def train(cfg: DictConfig, root: str = "runs", console: Console | None = None) -
         console.rule(f"stage {stage}")
         start, summary = time.perf_counter(), {}
         if stage in SHARDED or ranks.is_zero():
-            summary = stage_fn(stage)(ctx)
+            summary = stage_run(ctx)
         if ranks.is_zero():
             run.mark_done(stage, time.perf_counter() - start, summary)
         ranks.barrier()
         console.print(f"[green]✓ {stage}[/] in {time.perf_counter() - start:.1f}s: {summary}")
     if ranks.is_zero():
-        link_latest(run)
-    console.print(f"run directory: {run.path}")
-    return run
+        link_latest(run, console)
 
 
-def link_latest(run: RunDir) -> None:
-    """runs/<recipe>/latest -> this run (replaced atomically)."""
+TARGET_STAGES = ("data", "distill", "log_acceptance", "export")  # the stages that load the target
+
+
+def target_fingerprint(ctx: StageContext) -> str:
+    from metasd_train.export.fingerprint import fingerprint
+
+    return fingerprint(ctx.target)
+
+
+def on_zero(fn):
+    """fn() on rank 0 (its result there, None elsewhere); a UserError it raises is raised on every
+    rank, so no rank is left waiting for a partner that has exited."""
+    result, error = None, None
+    if ranks.is_zero():
+        try:
+            result = fn()
+        except UserError as e:
+            error = str(e)
+    error = ranks.broadcast(error)
+    if error is not None:
+        shared = UserError(error)
+        shared.echo = ranks.is_zero()  # one line on the terminal, not one per rank
+        raise shared
+    return result
+
+
+def link_latest(run: RunDir, console: Console | None = None) -> None:
+    """<parent>/latest -> this run (replaced atomically); a file, folder or link of that name that is
+    not one of ours is left alone."""
     link = run.path.parent / "latest"
-    tmp = run.path.parent / ".latest.tmp"
-    if tmp.is_symlink() or tmp.exists():
+    if (link.exists() or link.is_symlink()) and not is_our_link(link):
+        if console is not None:
+            console.print(f"[yellow]{link} is not a link of ours; left as it is (no 'latest' link made)[/]")
+        return
+    tmp = run.path.parent / f".latest.{os.getpid()}.tmp"
+    if tmp.is_symlink():
         tmp.unlink()
     tmp.symlink_to(run.path.name)
     os.replace(tmp, link)
+
+
+def is_our_link(link) -> bool:
+    """A symlink to a sibling run directory (or to one since deleted): what link_latest makes."""
+    if not link.is_symlink() or os.sep in (name := os.readlink(link)):
+        return False
+    sibling = RunDir(link.parent / name)
+    try:
+        return not sibling.path.exists() or sibling.is_run()
+    except UserError:
+        return False
 
 
 def check_sources(cfg: DictConfig) -> None:
