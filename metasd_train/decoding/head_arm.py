@@ -1,0 +1,229 @@
+"""A feature-level drafter (EAGLE-3 head) as an engine arm.
+
+The target's verify forward already computes its hidden states: the engine's target cache keeps
+the chosen layers of every fed position in `features` (indexed by position), so a head drafts from
+them with no extra target work. The head's own KV cache (one layer) holds positions whose inputs
+were true target features; chained draft steps write past them and are overwritten next round, so
+a rejection needs no rollback, and a head that sat out catches up from the stored features.
+
+Positions: the head at position s reads (target feature h_s, embedding of x_{s+1}) and predicts
+x_{s+2} (metasd_train/models/head.py). With P committed tokens the target has features for
+0..P-2, so catch-up feeds positions seen..P-2 and the last output drafts x_P.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+import torch
+
+from metasd_train.decoding.arms import Arm, Sequence
+from metasd_train.decoding.sampling import SamplingParams, logits_to_probs, pick
+from metasd_train.decoding.static_cache import spans_for
+from metasd_train.decoding.timing import Stopwatch
+
+CATCH_UP_WIDTH = 32  # positions per catch-up forward (graph widths 1..CATCH_UP_WIDTH in powers of 2)
+
+
+class HeadRuntime:
+    """One engine's state for one head: its KV cache, what it has seen, and its CUDA graphs."""
+
+    def __init__(self, head, embed, target_lm, capacity: int, graphs: bool, gamma: int):
+        self.head, self.embed, self.target_lm, self.gamma = head, embed, target_lm, gamma
+        self.capacity = capacity  # positions a request may reach; the margin past it takes capture writes
+        self.cache = head.new_cache(capacity + CATCH_UP_WIDTH)
+        self.device = self.cache.k.device
+        self.spans = spans_for(capacity + CATCH_UP_WIDTH)
+        self.widths = tuple(w for w in (1, 2, 4, 8, 16, CATCH_UP_WIDTH))
+        self.graphs, self._captured = graphs, {}
+        self.seen = 0  # positions [0, seen) hold entries computed from true target features
+
+    def reset(self) -> None:
+        self.seen = 0
+
+    def run(self, hidden: torch.Tensor, ids: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Head forward at positions start..start+S-1; returns out_hidden [S, d] and draft logits [S, K]."""
+        # hidden: [S, d], ids: [S] (the next tokens) -> [S, d], [S, K]
+        outs = [self._padded(hidden[i : i + CATCH_UP_WIDTH], ids[i : i + CATCH_UP_WIDTH], start + i)
+                for i in range(0, hidden.shape[0], CATCH_UP_WIDTH)]  # fmt: skip
+        if len(outs) == 1:
+            return outs[0]
+        return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
+
+    def _padded(self, hidden, ids, start: int):
+        s = hidden.shape[0]
+        w = next(w for w in self.widths if w >= s)
+        span = next(sp for sp in self.spans if sp >= start + w)
+        if not self.graphs:
+            pos = torch.arange(start, start + w, device=self.device)
+            pad = w - s
+            out, logits = self._forward(
+                torch.cat([hidden, hidden.new_zeros(pad, hidden.shape[1])]),
+                torch.cat([ids, ids.new_zeros(pad)]),
+                pos,
+                span,
+            )
+            return out[:s], logits[:s]
+        graph, h_buf, id_buf, pos_buf, out, logits = self._graph(w, span)
+        h_buf[:s].copy_(hidden)
+        id_buf[:s].copy_(ids)
+        torch.arange(start, start + w, device=self.device, out=pos_buf)
+        graph.replay()
+        return out[:s].clone(), logits[:s].clone()  # graph outputs are overwritten by the next replay
+
+    def _forward(self, hidden, ids, pos, span):
+        return self.head.step(hidden, self.embed(ids), pos, self.cache, span)
+
+    def _graph(self, w: int, span: int):
+        if (w, span) not in self._captured:
+            self._captured[w, span] = self._capture(w, span)
+        return self._captured[w, span]
+
+    def _capture(self, key, span: int):
+        """Capture a forward of width `key` or a greedy chain (`("chain", k)`) at one span; warm-up and
+        capture write only margin slots past `capacity`."""
+        d, dtype = self.head.config.hidden_size, self.cache.k.dtype
+        chain = isinstance(key, tuple)
+        w = key[1] if chain else key
+        h = torch.zeros(1 if chain else w, d, device=self.device, dtype=dtype)
+        pos = torch.arange(self.capacity, self.capacity + max(w - 1 if chain else w, 1), device=self.device)
+        if chain:
+            first = torch.zeros(1, self.head.config.draft_vocab_size, device=self.device, dtype=dtype)
+            inputs, run = (h, first, pos), lambda: self._chain(h, first, pos, span, w)
+        else:
+            ids = torch.zeros(w, dtype=torch.long, device=self.device)
+            inputs, run = (h, ids, pos), lambda: self._forward(h, ids, pos, span)
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                run()
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = run()
+        return (graph, *inputs, *(out if isinstance(out, tuple) else (out,)))
+
+    def chain(self, hidden: torch.Tensor, logits: torch.Tensor, start: int, k: int) -> torch.Tensor:
+        """Greedy: k drafts (target ids) from a first step's (out_hidden [1, d], logits [1, K]), the
+        chained steps at positions start..start+k-2: one graph replay for the whole chain on CUDA."""
+        span = next(sp for sp in self.spans if sp >= start + k)
+        if not self.graphs:
+            return self._chain(hidden, logits, torch.arange(start, start + k - 1, device=self.device), span, k)
+        graph, h_buf, l_buf, pos_buf, tokens = self._graph(("chain", k), span)
+        h_buf.copy_(hidden)
+        l_buf.copy_(logits)
+        torch.arange(start, start + pos_buf.shape[0], device=self.device, out=pos_buf)  # k = 1 reads none
+        graph.replay()
+        return tokens.clone()
+
+    def _chain(self, hidden, logits, pos, span: int, k: int) -> torch.Tensor:
+        # hidden: [1, d], logits: [1, K], pos: [k-1] -> tokens [k] (target ids)
+        token = self.head.to_target(logits.argmax(-1))
+        tokens = [token]
+        for j in range(k - 1):
+            hidden, logits = self._forward(hidden, token, pos[j : j + 1], span)
+            token = self.head.to_target(logits.argmax(-1))
+            tokens.append(token)
+        return torch.cat(tokens)
+
+    @torch.inference_mode()
+    def warmup(self) -> None:
+        if self.graphs:
+            keys = [*self.widths, *(("chain", k) for k in range(1, self.gamma + 1))]
+            for key in keys:
+                for span in self.spans:
+                    self._graph(key, span)
+
+    @torch.inference_mode()
+    def step_seconds(self, reps: int = 20) -> float:
+        """Median seconds of one chained draft step (width 1), for profiles and the bench headline."""
+        d = self.head.config.hidden_size
+        h = torch.zeros(1, d, device=self.device, dtype=self.cache.k.dtype)
+        ids = torch.zeros(1, dtype=torch.long, device=self.device)
+        times = []
+        for _ in range(reps + 1):
+            watch = Stopwatch(self.device)
+            self.run(h, ids, self.capacity - 1)
+            watch.mark("step")
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(watch.durations()["step"])
+        return statistics.median(times[1:])
+
+
+class HeadArm(Arm):
+    """Drafts with an EAGLE-3 head over the target's features; proposes only draft-vocabulary tokens."""
+
+    kind = "head"
+
+    def __init__(self, name: str, head, embed, vocab_size: int, gamma: int = 4):
+        self.name, self.head, self.embed, self.vocab_size, self.gamma = name, head, embed, vocab_size, gamma
+        self.feature_layers = tuple(head.config.feature_layers)
+        self.rt: HeadRuntime | None = None
+
+    def runtime(self, engine) -> HeadRuntime:
+        capacity = engine.max_len or engine.max_context
+        graphs = engine.fast and engine.device.type == "cuda"
+        return HeadRuntime(self.head, self.embed, engine.target, capacity, graphs, self.gamma)
+
+    def bind(self, runtime) -> None:
+        self.rt = runtime
+
+    def reset(self) -> None:
+        self.rt.reset()
+
+    def _catch_up(self, seq: Sequence, end: int):
+        """Feed true features for positions seen..end-1; the outputs of those positions."""
+        rt = self.rt
+        feats = rt.target_lm.features[rt.seen : end]
+        out = rt.run(self.head.fuse(feats), seq.ids[rt.seen + 1 : end + 1], rt.seen)
+        rt.seen = end
+        return out
+
+    def _probs(self, logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+        return logits_to_probs(self.head.full_vocab_logits(logits.float()), params)
+
+    @torch.inference_mode()
+    def draft(self, seq: Sequence, k: int, params: SamplingParams, early_stop: float = 0.0, generator=None):
+        P = seq.length
+        if k <= 0 or P - 1 <= self.rt.seen:  # nothing drafted, or no target feature yet (a 1-token prompt)
+            return seq.ids.new_empty(0), torch.zeros(0, self.vocab_size, device=seq.ids.device)
+        out, logits = self._catch_up(seq, P - 1)
+        if params.greedy and early_stop <= 0:  # the whole chain in one go (one graph replay on CUDA)
+            tokens = self.rt.chain(out[-1:], logits[-1:], P - 1, k)
+            return tokens, torch.nn.functional.one_hot(tokens, self.vocab_size).float()
+        hidden, logits = out[-1:], logits[-1]
+        tokens, probs = [], []
+        for i in range(k):
+            token, prob = pick(self.head.full_vocab_logits(logits.float()), params, generator)
+            tokens.append(token)
+            probs.append(prob)
+            if i == k - 1 or (early_stop > 0 and logits.float().softmax(-1).max().item() < early_stop):  # opt-in sync
+                break
+            hidden, step_logits = self.rt.run(hidden, token.view(1), P - 1 + i)
+            logits = step_logits[0]
+        return torch.stack(tokens), torch.stack(probs)
+
+    @torch.inference_mode()
+    def score(self, seq: Sequence, start: int, params: SamplingParams) -> torch.Tensor:
+        """First-step distributions for positions start.. of the committed sequence (one forward)."""
+        rows = seq.length - start
+        first = start - 2  # the head position that predicts x_start
+        if first < self.rt.seen or first < 0:
+            return torch.zeros(rows, self.vocab_size, device=seq.ids.device)
+        _, logits = self._catch_up(seq, seq.length - 2)
+        return self._probs(logits[-rows:], params)
+
+    @torch.inference_mode()
+    def block_matches(self, seq: list[int], prompt_len: int, target) -> list[list[bool]]:
+        """Chains of γ drafts from every committed length, from one target forward and γ unrolled head
+        passes (the training-time-test unroll; exact while a chain matches the committed tokens)."""
+        ids = torch.tensor([seq], device=self.head.fc.weight.device)
+        out = target(input_ids=ids[:, :-1], output_hidden_states=True)
+        feats = torch.cat([out.hidden_states[i] for i in self.feature_layers], -1)  # [1, N-1, 3d]
+        outs = self.head.unroll(feats, self.embed(ids[:, 1:]), torch.ones_like(ids[:, 1:]), self.gamma)
+        preds = [self.head.to_target(self.head.logits(o).argmax(-1))[0].tolist() for o in outs]  # row r: x_{r+2}
+        n = len(seq)
+        return [[] if p < 2 else [preds[k][p - 2 + k] == seq[p + k] for k in range(min(self.gamma, n - p))]
+                for p in range(prompt_len, n)]  # fmt: skip

@@ -1,0 +1,195 @@
+"""LightningModule training an EAGLE-3 draft head against a frozen target, with training-time test.
+
+Each batch runs the teacher once (hidden states + logits) and unrolls the head `ttt_steps` times
+(`DraftHead.unroll`). Row t of every step predicts x_{t+2}, so every step's target is the teacher's
+distribution at position t+1 restricted to the draft vocabulary and renormalised.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torchmetrics import MeanMetric
+
+from metasd_train.data.draft_vocab import draft_vocab
+from metasd_train.distill.module import Frozen
+from metasd_train.distill.optim import adamw_warmup_cosine
+from metasd_train.errors import UserError
+from metasd_train.models.head import DraftHead, HeadConfig
+
+METRICS = ("acceptance", "top1", "accept_len")
+
+
+@dataclass
+class Targets:
+    """Teacher side of a batch, rows aligned with the head's (row t predicts x_{t+2})."""
+
+    probs: torch.Tensor  # [B, T, K] teacher at t+1 over the draft vocab, renormalised
+    on_draft: torch.Tensor  # [B, T, K] teacher at t+1 over the draft vocab, not renormalised
+    argmax: torch.Tensor  # [B, T] teacher's greedy target id at t+1
+    valid: torch.Tensor  # [B, T] bool: a response position (loss_mask at t+1)
+    in_vocab: torch.Tensor  # [B, T] bool: the teacher's argmax is draftable
+
+
+def fkl(logits: torch.Tensor, t: Targets) -> torch.Tensor:
+    """KL(teacher_on_draft || head) per row (cross-entropy minus the teacher's entropy)."""
+    # logits: [B, T, K] -> [B, T]
+    return (torch.special.xlogy(t.probs, t.probs) - t.probs * F.log_softmax(logits.float(), -1)).sum(-1)
+
+
+def tv(logits: torch.Tensor, t: Targets) -> torch.Tensor:
+    """1 - acceptance of speculative sampling: the head proposes only draft tokens."""
+    # logits: [B, T, K] -> [B, T]
+    return 1 - torch.minimum(t.on_draft, logits.float().softmax(-1)).sum(-1)
+
+
+STEP_LOSSES = {"fkl": fkl, "tv": tv}
+
+
+class HeadDistillModule(L.LightningModule):
+    """Trains `head` (a DraftHead, or a peft wrapper of one) against the frozen `teacher`."""
+
+    def __init__(
+        self,
+        head,
+        teacher,
+        domains: list[str],
+        loss: str = "fkl",
+        tv_weight: float = 0.0,
+        ttt_steps: int = 5,
+        step_decay: float = 0.8,
+        lr: float = 1e-4,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 50,
+        max_steps: int = 1000,
+    ):
+        super().__init__()
+        if loss not in STEP_LOSSES:
+            raise UserError(f"head loss {loss!r} is not known; choose one of {sorted(STEP_LOSSES)}")
+        if ttt_steps < 1:
+            raise UserError(f"ttt_steps={ttt_steps}; choose 1 or more")
+        self.save_hyperparameters(logger=False, ignore=["head", "teacher"])
+        self.head = head
+        self.teacher = Frozen(teacher)
+        self.domains = list(domains)
+        keys = [f"{m}_{d}" for m in METRICS for d in self.domains] + ["accept_len_all"]
+        self.val_metrics = torch.nn.ModuleDict({k: MeanMetric() for k in keys})
+
+    def on_fit_start(self) -> None:
+        self.teacher.model.to(self.device)
+
+    on_validation_start = on_fit_start
+
+    def _teacher(self, batch) -> tuple[torch.Tensor, torch.Tensor, Targets]:
+        # batch [B, T] -> features [B, T, 3d], next-token embeddings [B, T, d], Targets
+        ids, attn, loss_mask = batch["input_ids"], batch["attention_mask"], batch["loss_mask"].bool()
+        model, layers = self.teacher.model, self.head.config.feature_layers
+        with torch.no_grad():
+            out = model(input_ids=ids, attention_mask=attn, output_hidden_states=True)
+            features = torch.cat([out.hidden_states[i] for i in layers], dim=-1)
+            embeds = model.get_input_embeddings()(torch.cat((ids[:, 1:], ids[:, -1:]), 1))
+            targets = self._targets(out.logits[:, 1:], loss_mask[:, 1:])  # row t: teacher at t+1
+        return features, embeds, targets
+
+    def _targets(self, logits: torch.Tensor, valid: torch.Tensor) -> Targets:
+        # logits: [B, T-1, V] teacher at t+1; valid: [B, T-1] -> Targets over T rows (the last one invalid)
+        draft_ids = torch.arange(self.head.d2t.shape[0], device=logits.device) + self.head.d2t
+        on_vocab = logits[..., draft_ids].float()  # [B, T-1, K]
+        lse = logits.float().logsumexp(-1, keepdim=True)  # no full-vocabulary softmax is kept
+        argmax = F.pad(logits.argmax(-1), (0, 1))
+        rows = (on_vocab.softmax(-1), (on_vocab - lse).exp())
+        probs, on_draft = (F.pad(x, (0, 0, 0, 1)) for x in rows)
+        return Targets(probs, on_draft, argmax, F.pad(valid, (0, 1)), self.head.t2d[argmax])
+
+    def _unroll(self, batch) -> tuple[list[torch.Tensor], Targets]:
+        features, embeds, targets = self._teacher(batch)
+        dtype = self.head.fc.weight.dtype
+        outs = self.head.unroll(features.to(dtype), embeds.to(dtype), batch["attention_mask"], self.hparams.ttt_steps)
+        return [self.head.logits(o) for o in outs], targets
+
+    def training_step(self, batch, batch_idx):
+        hp = self.hparams
+        logits, t = self._unroll(batch)
+        loss = torch.zeros((), device=self.device)
+        for k, step_logits in enumerate(logits):
+            rows = t.valid & t.in_vocab
+            rows[:, :k] = False  # rows before position k have no chain of k+1 drafts
+            per_row = STEP_LOSSES[hp.loss](step_logits, t)
+            if hp.tv_weight > 0:
+                per_row = per_row + hp.tv_weight * tv(step_logits, t)
+            loss = loss + hp.step_decay**k * _masked_mean(per_row, rows)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        return loss
+
+    def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
+        domain = self.domains[dataloader_idx]  # one val dataloader per domain, in this order
+        logits, t = self._unroll(batch)
+        n = int(t.valid.sum())
+        if n == 0:
+            return
+        first = logits[0].float()
+        values = {
+            "acceptance": _masked_mean(1 - tv(first, t), t.valid),
+            "top1": _masked_mean((self.head.to_target(first.argmax(-1)) == t.argmax).float(), t.valid),
+            "accept_len": _masked_mean(self.accept_lengths(logits, t), t.valid),
+        }
+        for name, value in values.items():
+            metric = self.val_metrics[f"{name}_{domain}"]
+            metric.update(value, weight=n)
+            self.log(f"val/{name}/{domain}", metric, on_epoch=True, add_dataloader_idx=False, batch_size=n)
+        self.val_metrics["accept_len_all"].update(values["accept_len"], weight=n)
+
+    def on_validation_epoch_end(self) -> None:
+        # logged here: a name may be logged from one dataloader only, and this one spans them all
+        overall = self.val_metrics["accept_len_all"]
+        if overall.update_called:
+            self.log("val/accept_len/all", overall.compute())
+        overall.reset()
+
+    def accept_lengths(self, logits: list[torch.Tensor], t: Targets) -> torch.Tensor:
+        """Greedy drafts accepted from each chain start (no bonus token), under teacher forcing."""
+        # logits: steps x [B, T, K] -> [B, T] float in 0..steps
+        match = [(self.head.to_target(x.argmax(-1)) == t.argmax) & t.valid for x in logits]
+        alive = torch.ones_like(t.valid)
+        total = torch.zeros(t.valid.shape, device=t.valid.device)
+        for k, m in enumerate(match):  # chain from b: step k+1 sits at row b+k
+            step_ok = F.pad(m[:, k:], (0, k))  # [B, T] indexed by chain start b
+            alive = alive & step_ok
+            total = total + alive.float()
+        return total
+
+    def configure_optimizers(self):
+        return adamw_warmup_cosine(self.head, self.hparams)
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    # values, mask: [B, T] -> []; zero (with a gradient path) when nothing is selected
+    return (values * mask).sum() / mask.sum().clamp_min(1)
+
+
+def build_head(target, draft_vocab_size: int, counts, eos_ids, feature_layers=None, seed: int = 0) -> DraftHead:
+    """A fresh head for `target`: seeded N(0, 0.02) init, `lm_head` from the target's output rows.
+
+    Args:
+        target: HF causal LM; its embedding stays shared, its config gives the head's shapes.
+        draft_vocab_size: K; counts: [V] token counts (`token_counts`); eos_ids: forced into the vocab.
+        feature_layers: 3 indices into HF's `hidden_states` (default (2, L//2, L-2)).
+    """
+    config = HeadConfig.from_target(target.config, draft_vocab_size, feature_layers)
+    d2t, t2d = draft_vocab(counts, draft_vocab_size, always=eos_ids)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        head = DraftHead(config)
+        for module in head.modules():
+            if isinstance(module, torch.nn.Linear):
+                torch.nn.init.normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    torch.nn.init.zeros_(module.bias)
+    head.set_vocab(d2t, t2d)
+    with torch.no_grad():
+        rows = target.get_output_embeddings().weight[t2d.nonzero().squeeze(1).to(target.device)]
+        head.lm_head.weight.copy_(rows.to(head.lm_head.weight.dtype).cpu())
+    return head.to(device=target.device, dtype=target.dtype)
