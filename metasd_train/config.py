@@ -44,8 +44,31 @@ class LoraConfig:
 
 
 @dataclass
+class HeadDrafterConfig:
+    """drafter.kind=head: one EAGLE-3 decoder layer over three target hidden states."""
+
+    draft_vocab: int = 16384  # K most frequent tokens of the target's answers: smaller is cheaper, covers less
+    feature_layers: list[int] | None = None  # indices into the target's hidden_states; None: (2, L//2, L-2)
+    ttt_steps: int = 5  # training-time test: draft steps unrolled in training (match the arm's γ)
+    step_decay: float = 0.8  # weight of unrolled step k: step_decay ** k
+    tv_weight: float = 0.0  # add (1 - TV), i.e. acceptance, to the per-step loss
+
+
+@dataclass
+class CompanionConfig:
+    """Another drafter beside the generalist and its specialists (e.g. a truncation beside heads, or a
+    pretrained black-box small model): built like drafter.kind, distilled for `steps` (0: as built)."""
+
+    kind: str = "truncated"
+    layers: int = 4  # truncated: the target's first k layers
+    path: str = ""  # pretrained: a model source (packaged name, HF folder, .gguf)
+    steps: int = 0  # distillation steps on the domain mix (0: use it as built)
+    gamma: int = 4
+
+
+@dataclass
 class DrafterConfig:
-    kind: str = "truncated"  # truncated | pretrained | fresh
+    kind: str = "truncated"  # a registered kind (models/drafters.py): truncated | pretrained | fresh | head
     layers: int = 2  # truncated: keep the target's first k layers
     path: str = ""  # pretrained: local HF dir or .gguf
     config: dict[str, Any] = field(default_factory=dict)  # fresh: LlamaConfig kwargs
@@ -56,6 +79,10 @@ class DrafterConfig:
     ngram: bool = True  # add the training-free prompt-lookup arm
     ngram_gamma: int = 4
     gammas: dict[str, int] = field(default_factory=dict)  # per-arm γ by name: +drafter.gammas.code=6
+    head: HeadDrafterConfig = field(default_factory=HeadDrafterConfig)  # kind=head only
+    companions: dict[str, Any] = field(
+        default_factory=dict
+    )  # name -> CompanionConfig keys: +drafter.companions.x={...}
 
 
 @dataclass
@@ -79,7 +106,7 @@ class DataConfig:
 
 @dataclass
 class DistillConfig:
-    loss: str = "tv"  # fkl | rkl | tv | ce (TV is what acceptance measures)
+    loss: str = "tv"  # distill/losses.py: fkl | rkl | tv | ce (TV is what acceptance measures)
     ce_weight: float = 0.1
     lr: float = 1e-3
     lora_lr: float = 2e-3
@@ -90,22 +117,26 @@ class DistillConfig:
     max_steps: int = 40  # generalist steps
     specialist_steps: int = 20  # steps per domain specialist
     val_every: int = 20
+    checkpoint_every: int = 50  # optimizer steps between checkpoints: lower loses less to a kill, writes more
 
 
 @dataclass
 class BanditConfig:
-    policy: str = "linucb"  # linucb | ucb | exp3 | seqhalving | thompson | random | fixed | round_robin
-    reward: str = "divergence"  # divergence | efficiency | throughput
+    policy: str = "ucb_elim"  # a registered policy (bandit/policies.py): ucb_elim | ucb | exp3 | hedge | linucb | ...
+    reward: str = "speed"  # bandit/rewards.py: speed (tokens/s vs the target alone) | divergence | efficiency
     beta: float = 1.0  # UCB/LinUCB exploration: higher explores more
     exp3_gamma: float = 0.1
     exp3_share: float = 0.0  # EXP3.S fixed share: > 0 lets EXP3 follow a switch of the best drafter
+    hedge_eta: float = 10.0  # Hedge learning rate: higher follows the current leader faster
+    hedge_share: float = 0.01  # Hedge fixed share: > 0 lets Hedge follow a switch of the best drafter
+    shift_threshold: float = 10.0  # ucb_elim: a drop of this many std devs brings eliminated arms back (0 = off)
     budget: int = 64  # Sequential Halving rounds per request
     context_dim: int = 16
     ridge: float = 1.0
-    prior_strength: float = 1.0  # weight of logged rows in the warm start
-    feedback: str = "bandit"  # bandit | full (score idle drafters on accepted tokens too)
-    reset_per_request: bool = False  # forget online updates between requests
-    fixed_arm: str = ""
+    prior_strength: float = 1.0  # weight of the logged on-policy rounds in the warm start (0 = cold start)
+    feedback: str = "bandit"  # bandit | full (score idle drafters on the committed tokens too)
+    reset_per_request: bool = False  # paper mode: forget online updates between requests
+    fixed_arm: str = ""  # arm name for policy=fixed
     seed: int = 0
 
 
@@ -122,6 +153,7 @@ class DecodeConfig:
     seed: int = 0
     fast: bool = True  # on CUDA: static KV caches + CUDA graphs (eager DynamicCache path otherwise)
     max_len: int = 2048  # positions in the fast path's static caches (prompt + new tokens)
+    compile: str = "fused"  # fast path fusion (decoding/fastmodel.py COMPILE): none | fused | layer | layer-autotune
 
 
 @dataclass
@@ -187,15 +219,27 @@ def compose(overrides: list[str]) -> DictConfig:
 
 
 def validate(cfg: DictConfig) -> None:
-    """Checks the type system cannot express; each names the key and the valid choices."""
+    """Checks the type system cannot express; each names the key and the valid choices or range."""
+    from metasd_train.bandit.chooser import FEEDBACK
+    from metasd_train.bandit.policies import POLICIES
+    from metasd_train.bandit.rewards import REWARDS
+    from metasd_train.distill.losses import LOSSES
+    from metasd_train.models.drafters import DRAFTER_KINDS
+
     choices = {
-        "drafter.kind": ("truncated", "pretrained", "fresh"),
+        "drafter.kind": tuple(DRAFTER_KINDS),
         "drafter.specialists": ("lora", "full", "none"),
-        "distill.loss": ("fkl", "rkl", "tv", "ce"),
-        "bandit.policy": ("linucb", "ucb", "exp3", "seqhalving", "thompson", "random", "fixed", "round_robin"),
-        "bandit.reward": ("divergence", "efficiency", "throughput"),
-        "bandit.feedback": ("bandit", "full"),
+        "distill.loss": tuple(LOSSES),
+        "bandit.policy": tuple(POLICIES),
+        "bandit.reward": tuple(REWARDS),
+        "bandit.feedback": tuple(FEEDBACK),
+        "export.dtype": ("bf16", "fp16", "fp32"),
     }
+    for name in cfg.drafter.companions:
+        if (kind := companion(cfg.drafter, name).kind) not in DRAFTER_KINDS:
+            raise UserError(
+                f"drafter.companions.{name}.kind={kind!r} is not valid; choose one of: {', '.join(DRAFTER_KINDS)}"
+            )
     for key, valid in choices.items():
         value = OmegaConf.select(cfg, key)
         if value not in valid:
@@ -204,16 +248,93 @@ def validate(cfg: DictConfig) -> None:
         if stage not in STAGES:
             raise UserError(f"stages: unknown stage {stage!r}; valid stages: {', '.join(STAGES)}")
     for name, g in cfg.drafter.gammas.items():
-        if int(g) < 1:
-            raise UserError(f"drafter.gammas.{name}={g} must be >= 1")
-    positive = ["drafter.gamma", "drafter.layers", "distill.batch_size", "decode.max_new_tokens", "data.max_new_tokens"]
-    for key in positive:
-        if OmegaConf.select(cfg, key) < 1:
-            raise UserError(f"{key} must be >= 1, got {OmegaConf.select(cfg, key)}")
+        if not 1 <= int(g) <= MAX_GAMMA:
+            raise UserError(f"drafter.gammas.{name}={g} must be >= 1 and <= {MAX_GAMMA}")
     if cfg.decode.temperature < 0 or not 0 < cfg.decode.top_p <= 1 or cfg.decode.top_k < 0:
         raise UserError("decode: need temperature >= 0, 0 < top_p <= 1 and top_k >= 0")
     if len(cfg.data.split) != 3 or abs(sum(cfg.data.split) - 1) > 1e-6 or min(cfg.data.split) < 0:
         raise UserError(f"data.split must be three non-negative fractions summing to 1, got {list(cfg.data.split)}")
+    for key, ok, want in RANGES:
+        value = OmegaConf.select(cfg, key)
+        if not _holds(ok, value):
+            raise UserError(f"{key}={value} is out of range: it must be {want}")
+    _validate_domains(cfg)
+    if cfg.drafter.kind == "pretrained" and not cfg.drafter.path:
+        raise UserError("drafter.kind=pretrained needs drafter.path=<a local HF model folder or .gguf file>")
+
+
+MAX_GAMMA = 32  # drafts per round: the fast path captures one graph per width up to γ+1
+MIN_TEMPERATURE = 1e-3  # below this, logits / T overflow to inf and the probabilities to NaN
+
+
+def _finite(x) -> bool:
+    import math
+
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _temperature(t) -> bool:
+    return _finite(t) and (t == 0 or t >= MIN_TEMPERATURE)
+
+
+def _holds(ok, value) -> bool:
+    try:
+        return bool(ok(value))
+    except TypeError:
+        return False
+
+
+# (key, test, what it must be): the ranges validate() enforces, one error line each.
+RANGES = [
+    ("drafter.gamma", lambda v: 1 <= v <= MAX_GAMMA, f"an integer from 1 to {MAX_GAMMA}"),
+    ("drafter.ngram_gamma", lambda v: 1 <= v <= MAX_GAMMA, f"an integer from 1 to {MAX_GAMMA}"),
+    ("drafter.layers", lambda v: v >= 1, ">= 1"),
+    ("data.batch_size", lambda v: v >= 1, ">= 1"),
+    ("data.max_prompt_tokens", lambda v: v >= 1, ">= 1"),
+    ("data.max_new_tokens", lambda v: v >= 1, ">= 1"),
+    ("data.temperature", lambda v: _finite(v) and v >= MIN_TEMPERATURE, f">= {MIN_TEMPERATURE} (the sampled answers')"),
+    ("distill.lr", lambda v: _finite(v) and v > 0, "a finite number > 0"),
+    ("distill.lora_lr", lambda v: _finite(v) and v > 0, "a finite number > 0"),
+    ("distill.weight_decay", lambda v: _finite(v) and v >= 0, "a finite number >= 0"),
+    ("distill.ce_weight", lambda v: _finite(v) and v >= 0, "a finite number >= 0"),
+    ("distill.warmup_steps", lambda v: v >= 0, ">= 0"),
+    ("distill.batch_size", lambda v: v >= 1, ">= 1"),
+    ("distill.accumulate", lambda v: v >= 1, ">= 1"),
+    ("distill.max_steps", lambda v: v >= 0, ">= 0"),
+    ("distill.specialist_steps", lambda v: v >= 0, ">= 0"),
+    ("distill.val_every", lambda v: v >= 1, ">= 1"),
+    ("distill.checkpoint_every", lambda v: v >= 0, ">= 0 (0: checkpoint only when a model's training ends)"),
+    ("bandit.ridge", lambda v: _finite(v) and v > 0, "a finite number > 0"),
+    ("bandit.beta", lambda v: _finite(v) and v >= 0, "a finite number >= 0"),
+    ("bandit.exp3_gamma", lambda v: _finite(v) and 0 < v <= 1, "in (0, 1]"),
+    ("bandit.exp3_share", lambda v: _finite(v) and 0 <= v < 1, "in [0, 1)"),
+    ("bandit.budget", lambda v: v >= 1, ">= 1"),
+    ("bandit.context_dim", lambda v: v >= 1, ">= 1"),
+    ("bandit.prior_strength", lambda v: _finite(v) and v >= 0, "a finite number >= 0"),
+    ("decode.temperature", _temperature, f"0 (greedy) or >= {MIN_TEMPERATURE}"),
+    ("decode.max_new_tokens", lambda v: v >= 1, ">= 1"),
+    ("decode.early_stop", lambda v: _finite(v) and 0 <= v <= 1, "in [0, 1]"),
+    ("decode.heldout_per_domain", lambda v: v >= 1, ">= 1 (log_acceptance decodes held-out prompts)"),
+    ("decode.max_len", lambda v: v >= 2, ">= 2"),
+]
+
+
+def _validate_domains(cfg: DictConfig) -> None:
+    """Every domain takes enough prompts for a train, a validation and a held-out one (the split
+    arithmetic of data.prompts.domain_prompts)."""
+    if not cfg.data.domains:
+        raise UserError("data.domains is empty; name at least one domain (see configs/data/)")
+    train, val, _ = cfg.data.split
+    for name, src in cfg.data.domains.items():
+        n = src.n
+        if not isinstance(n, int) or n < 3:
+            raise UserError(f"data.domains.{name}.n={n} is out of range: it must be >= 3 (train, val, held-out)")
+        n_train, n_val = round(train * n), max(1, round(val * n))
+        if n_train < 1 or n - n_train - n_val < 1:
+            raise UserError(
+                f"data.domains.{name}.n={n} with data.split={list(cfg.data.split)} leaves {n_train} training and "
+                f"{max(n - n_train - n_val, 0)} held-out prompts; raise n or change the split so each gets one"
+            )
 
 
 def _explain(e: Exception, overrides: list[str]) -> str:
@@ -244,6 +365,25 @@ def _keys_at(parent: str) -> list[str]:
 
 
 def arm_gamma(drafter, name: str) -> int:
-    """γ of one arm: drafter.gammas[name], else ngram_gamma for the n-gram arm, else drafter.gamma."""
+    """γ of one arm: drafter.gammas[name], else ngram_gamma for the n-gram arm, a companion's own γ,
+    else drafter.gamma."""
     default = drafter.ngram_gamma if name == "ngram" else drafter.gamma
+    if name in drafter.companions:
+        default = companion(drafter, name).gamma
     return int(drafter.gammas.get(name, default))
+
+
+def companion(drafter, name: str) -> CompanionConfig:
+    """drafter.companions[name] over CompanionConfig's defaults; one error line for a bad key or value."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return OmegaConf.merge(OmegaConf.structured(CompanionConfig), drafter.companions[name])
+    except OmegaConfBaseException as e:
+        raise UserError(f"drafter.companions.{name}: {str(e).splitlines()[0]}") from None
+
+
+def companion_drafter(drafter, name: str):
+    """The drafter config a companion is built with: drafter.* with the companion's kind/layers/path."""
+    c = companion(drafter, name)
+    return OmegaConf.merge(drafter, {"kind": c.kind, "layers": c.layers, "path": c.path, "specialists": "none"})

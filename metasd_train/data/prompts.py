@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import json
 import random
+from pathlib import Path
 
 from metasd_train.data.sources import load_source
 from metasd_train.errors import UserError
-
-SPLITS = ("train", "val", "heldout")
 
 
 def chat_ids(tokenizer, prompt: str | list[dict]) -> list[int]:
@@ -45,3 +45,38 @@ def domain_prompts(domains: dict, tokenizer, max_prompt_tokens: int, split: list
             row["split"] = "train" if i < n_train else "val" if i < n_train + n_val else "heldout"
         rows.extend(taken)
     return rows
+
+
+def read_questions(path: str) -> list[dict]:
+    """question.jsonl (MT-bench / Spec-Bench format): {question_id, category, turns[]} per line, validated
+    whole before any model is loaded, so a bad line costs nothing."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"prompts file not found: {path}; pass a question.jsonl (question_id, category, turns[])")
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not UTF-8 text; pass a question.jsonl") from None
+    out = []
+    for i, line in enumerate(lines, 1):
+        if line.strip():
+            out.append(_question(line, f"{path}:{i}", i))
+    if not out:
+        raise UserError(f"{path} holds no questions")
+    return out
+
+
+def _question(line: str, where: str, index: int) -> dict:
+    try:
+        q = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{where} is not valid JSON ({e.msg}); one question object per line") from None
+    if not isinstance(q, dict):
+        raise UserError(f"{where} is not a JSON object; one question object per line")
+    turns = q.get("turns")
+    if not isinstance(turns, list) or not turns or not all(isinstance(t, str) and t.strip() for t in turns):
+        raise UserError(f"{where} needs a non-empty 'turns' list of non-empty strings")
+    category = q.get("category", "default")
+    if not isinstance(category, str):
+        raise UserError(f"{where}: 'category' must be a string, got {category!r}")
+    return {"question_id": q.get("question_id", index), "category": category, "turns": turns}

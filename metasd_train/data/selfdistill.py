@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from metasd_train.models.tokenizers import eos_ids
+
 
 def _trim(seq: list[int], eos: set[int]) -> list[int]:
     for i, t in enumerate(seq):
@@ -25,7 +27,7 @@ def answer(
     """Response token ids for each prompt (left-padded batches, cut after the first EOS)."""
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    eos = {tokenizer.eos_token_id} | set(_as_list(getattr(model.generation_config, "eos_token_id", None)))
+    eos = set(eos_ids(model, tokenizer))
     out: list[list[int]] = []
     gen = torch.Generator().manual_seed(seed)  # CPU: only draws the per-batch seeds
     for start in range(0, len(prompts), batch_size):
@@ -44,12 +46,8 @@ def answer(
             attention_mask=mask,
             max_new_tokens=max_new_tokens,
             pad_token_id=pad,
-            eos_token_id=sorted(e for e in eos if e is not None),
+            eos_token_id=sorted(eos),
             **kwargs,
         )
         out.extend(_trim(s[width:].tolist(), eos) for s in seqs)
     return out
-
-
-def _as_list(x) -> list:
-    return [] if x is None else list(x) if isinstance(x, (list, tuple)) else [x]

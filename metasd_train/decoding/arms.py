@@ -27,20 +27,58 @@ class Sequence:
         self.host.extend(tokens)
 
 
-class ModelArm:
+class Arm:
+    """What the engine needs of a drafter; the defaults suit arms that keep no cache (n-gram, none)."""
+
+    kind, name, gamma = "none", "arm", 0
+
+    def runtime(self, engine):
+        """Per-engine state (caches) this arm drafts with; the engine hands it back through bind()."""
+        return None
+
+    def bind(self, runtime) -> None:
+        pass
+
+    def reset(self) -> None:
+        pass
+
+    def commit(self, length: int) -> None:
+        """The first `length` positions are committed."""
+
+    def draft(self, seq: Sequence, k: int, params: SamplingParams, early_stop: float = 0.0, generator=None):
+        """Up to k tokens [k'] and the distributions [k', V] they were drawn from."""
+        raise NotImplementedError
+
+    def score(self, seq: Sequence, start: int, params: SamplingParams) -> torch.Tensor:
+        """Distributions [length-start, V] this arm would have drafted from `start` (full feedback);
+        all-zero rows where it proposes nothing."""
+        raise NotImplementedError
+
+    def block_matches(self, seq: list[int], prompt_len: int, target) -> list[list[bool]]:
+        """Greedy, teacher-forced: for a round starting at each committed length P in
+        [prompt_len, len(seq)), whether each token it would draft (up to γ) equals seq[P + j]."""
+        return [[] for _ in range(prompt_len, len(seq))]
+
+
+class ModelArm(Arm):
     """A drafter model with its own KV cache; catches up on unseen tokens in one forward."""
 
     kind = "model"
 
     def __init__(self, name: str, model, vocab_size: int, gamma: int = 4):
         self.name, self.gamma, self.model = name, gamma, model
-        self.lm = CachedLM(model, vocab_size)  # the engine swaps in its own (eager or static) before a request
+        self.lm = CachedLM(model, vocab_size)  # replaced by the engine's own (eager or static) in bind()
+
+    def runtime(self, engine):
+        return engine.make_lm(self.model)
+
+    def bind(self, runtime) -> None:
+        self.lm = runtime
 
     def reset(self) -> None:
         self.lm.reset()
 
     def draft(self, seq: Sequence, k: int, params: SamplingParams, early_stop: float = 0.0, generator=None):
-        """Up to k tokens [k'] and the distributions they were drawn from [k', V]."""
         logits = self.lm.forward(seq.ids[self.lm.seen : seq.length])[-1]  # catch-up + first step
         tokens, probs = [], []
         for i in range(k):
@@ -55,38 +93,37 @@ class ModelArm:
         return torch.stack(tokens), torch.stack(probs)
 
     def commit(self, length: int) -> None:
-        """The first `length` positions are committed and match what this arm has seen."""
         self.lm.rewind(length)
 
     def score(self, seq: Sequence, start: int, params: SamplingParams) -> torch.Tensor:
-        """Distributions [length-start, V] for positions start.. of the committed sequence (full feedback)."""
         assert self.lm.seen <= start - 1, "an idle arm must not have seen past the round's start"
         logits = self.lm.forward(seq.ids[self.lm.seen : seq.length - 1])
         return logits_to_probs(logits[-(seq.length - start) :], params)
 
+    @torch.inference_mode()
+    def block_matches(self, seq: list[int], prompt_len: int, target) -> list[list[bool]]:
+        # a greedy drafter's draft from P, while it matches, is its teacher-forced prediction: one forward
+        device = next(self.model.parameters()).device
+        logits = self.model(input_ids=torch.tensor([seq[:-1]], device=device)).logits[0]  # [N-1, V]
+        pred = logits[prompt_len - 1 :].argmax(-1).tolist()
+        agree = [p == t for p, t in zip(pred, seq[prompt_len:])]
+        return [agree[i : i + self.gamma] for i in range(len(agree))]
 
-class NoDraftArm:
+
+class NoDraftArm(Arm):
     """Drafts nothing, so every round is one target token: the engine as a plain (fast) decoder."""
-
-    kind, gamma = "none", 0
 
     def __init__(self, name: str = "target_only", vocab_size: int = 0):
         self.name, self.vocab_size = name, vocab_size
 
-    def reset(self) -> None:
-        pass
-
     def draft(self, seq: Sequence, k: int, params: SamplingParams, early_stop: float = 0.0, generator=None):
         return seq.ids.new_empty(0), torch.zeros(0, self.vocab_size, device=seq.ids.device)
-
-    def commit(self, length: int) -> None:
-        pass
 
     def score(self, seq: Sequence, start: int, params: SamplingParams) -> torch.Tensor:
         return torch.zeros(seq.length - start, self.vocab_size, device=seq.ids.device)
 
 
-class NgramArm:
+class NgramArm(Arm):
     """Training-free prompt lookup: continue the latest earlier occurrence of the trailing n-gram."""
 
     kind = "ngram"
@@ -96,9 +133,6 @@ class NgramArm:
     ):
         self.name, self.gamma, self.vocab_size = name, gamma, vocab_size
         self.max_ngram, self.min_ngram = max_ngram, min_ngram
-
-    def reset(self) -> None:
-        pass
 
     def lookup(self, host: list[int], k: int) -> list[int]:
         """Tokens that followed the most recent earlier match of the longest trailing n-gram."""
@@ -115,14 +149,15 @@ class NgramArm:
         ids = torch.tensor(tokens, dtype=torch.long, device=seq.ids.device)
         return ids, torch.nn.functional.one_hot(ids, self.vocab_size).float()  # q is one-hot
 
-    def commit(self, length: int) -> None:
-        pass
+    def block_matches(self, seq: list[int], prompt_len: int, target) -> list[list[bool]]:
+        return [
+            [a == b for a, b in zip(self.lookup(seq[:t], self.gamma), seq[t:])] for t in range(prompt_len, len(seq))
+        ]
 
     def score(self, seq: Sequence, start: int, params: SamplingParams) -> torch.Tensor:
-        """One-hot rows of what this arm would have proposed next at each committed prefix (zeros if none)."""
+        """One-hot rows of the block it would have drafted at `start` (zeros past its proposal)."""
         rows = torch.zeros(seq.length - start, self.vocab_size, device=seq.ids.device)
-        for j in range(seq.length - start):
-            nxt = self.lookup(seq.host[: start + j], 1)
-            if nxt:
-                rows[j, nxt[0]] = 1.0
+        proposal = self.lookup(seq.host[:start], min(self.gamma, seq.length - start))
+        if proposal:
+            rows[torch.arange(len(proposal)), torch.tensor(proposal)] = 1.0
         return rows

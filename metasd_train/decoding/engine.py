@@ -1,25 +1,28 @@
 """The draft-verify loop: one arm drafts, the target verifies in one forward, one host sync a round.
 
-Invariant between rounds: the target's cache holds every committed token but the last; each model
-arm holds a prefix of the committed tokens (it catches up when next chosen). Batch size is 1: batch
-> 1 needs per-sequence arms and accepted lengths, i.e. ragged cache crops (DynamicCache crops every
-row alike) and a per-row position offset in verification — a static cache indexed by per-row
-positions (gpt-fast's layout) is what stands in the way, not the sampling maths, which is already
-batched over leading dims.
+Invariant between rounds: the target's cache holds every committed token but the last; each arm
+holds a prefix of the committed tokens (it catches up when next chosen). A round is five named
+steps, gpt-fast style: choose -> draft -> verify -> sync and commit -> feedback.
+
+Batch size is 1: batch > 1 needs per-sequence arms and accepted lengths (ragged positions per row),
+not other sampling maths, which is already batched over leading dims.
 """
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from metasd_train.decoding.arms import Sequence
 from metasd_train.decoding.cache import CachedLM
+from metasd_train.decoding.records import Generation, IdleScore, RoundRecord
 from metasd_train.decoding.sampling import (
     SamplingParams,
+    accepted_count,
     block_divergence,
     logits_to_probs,
     verify_greedy,
@@ -38,69 +41,20 @@ class RoundContext:
     round: int = 0
 
 
-def throughput_reward(accepted: int, t_draft: float, t_verify: float, max_block: int) -> float:
-    """Tokens this round per unit of round time, in [0, 1]: 1 = a full block of the longest γ drafted for free.
-
-    (accepted + 1) / max_block counts the round's tokens against the most any arm could give;
-    t_verify / (t_draft + t_verify) charges drafting time. A round that drafted nothing earns
-    1 / max_block, as the target alone would; a slow drafter must out-accept its cost.
-    """
-    return (accepted + 1) / max_block * t_verify / max(t_draft + t_verify, 1e-12)
-
-
-@dataclass
-class RoundRecord:
-    round: int
-    arm: int
-    arm_name: str
-    drafted: int
-    accepted: int
-    divergence: float  # mean 1 - TV(p, q) over the drafted block
-    efficiency: float  # accepted / drafted
-    throughput: float  # throughput_reward(): tokens per round time, relative to the best round possible
-    t_draft: float
-    t_verify: float
-    t_catchup: float
-    t_bandit: float
-    t_round: float
-    idle_divergence: dict[int, float] = field(default_factory=dict)  # full-feedback rewards of idle arms
-
-
-@dataclass
-class Generation:
-    prompt_len: int
-    tokens: list[int]  # new tokens only
-    rounds: list[RoundRecord]
-    stop: str  # eos | length | context
-    seconds: float
-    arm_names: list[str]
-    features: torch.Tensor | None = None  # the prompt features the chooser saw
-
-    def summary(self) -> dict:
-        drafted_rounds = [r for r in self.rounds if r.drafted > 0]
-        shares = {name: 0 for name in self.arm_names}
-        for r in self.rounds:
-            shares[r.arm_name] += 1
-        n = max(len(self.rounds), 1)
-        return {
-            "new_tokens": len(self.tokens),
-            "rounds": len(self.rounds),
-            "tau": len(self.tokens) / n,  # mean tokens per round (accepted + 1)
-            "tokens_per_s": len(self.tokens) / max(self.seconds, 1e-9),
-            "acceptance": sum(r.accepted for r in drafted_rounds) / max(sum(r.drafted for r in drafted_rounds), 1),
-            "arm_share": {k: v / n for k, v in shares.items()},
-            "bandit_share": sum(r.t_bandit for r in self.rounds) / max(sum(r.t_round for r in self.rounds), 1e-9),
-            "stop": self.stop,
-            "seconds": self.seconds,
-        }
-
-
 class Chooser:
-    """What the engine needs of a bandit policy (see metasd_train.bandit)."""
+    """What the engine needs of a bandit policy (see metasd_train.bandit.chooser)."""
 
     def begin(self, ctx: RoundContext) -> None: ...
     def select(self, ctx: RoundContext) -> int: ...
-    def observe(self, ctx: RoundContext, arm: int, rewards: dict[str, float]) -> None: ...
+    def observe(self, ctx: RoundContext, record: RoundRecord) -> None: ...
+
+
+def feature_layers(arms: list) -> tuple[int, ...] | None:
+    """The target hidden layers the arms draft from (EAGLE-style heads); one set per engine."""
+    wanted = {tuple(a.feature_layers) for a in arms if getattr(a, "feature_layers", None)}
+    if len(wanted) > 1:
+        raise UserError(f"head arms read different target layers {sorted(wanted)}; train them with the same layers")
+    return wanted.pop() if wanted else None
 
 
 class SpecEngine:
@@ -114,57 +68,97 @@ class SpecEngine:
         eos_ids=(),
         early_stop: float = 0.0,
         full_feedback: bool = False,
-        max_context: int | None = None,
         fast: bool = False,
-        max_len: int = 2048,
+        max_len: int | None = None,
+        compile: str = "fused",
     ):
         self.vocab_size = target.config.vocab_size
         self.arms, self.params = arms, params
-        self.eos_ids = set(int(e) for e in eos_ids)
-        self.early_stop, self.full_feedback = early_stop, full_feedback
-        self.max_context = max_context or getattr(target.config, "max_position_embeddings", 1 << 30)
-        self.fast = fast
+        self.eos_ids = {int(e) for e in eos_ids}
+        self.early_stop, self.full_feedback, self.fast, self.compile = early_stop, full_feedback, fast, compile
+        self.max_context = getattr(target.config, "max_position_embeddings", 1 << 30)
         self.max_block = max(a.gamma for a in arms) + 1  # the longest round: γmax drafts + 1
-        if fast:  # static caches of max_len positions; CUDA graphs on a GPU
-            self.max_context = min(self.max_context, max_len)
-            widths = default_widths(self.max_block - 1)
-            make = lambda model: StaticLM(model, self.vocab_size, max_len, widths)  # noqa: E731
-        else:
-            make = lambda model: CachedLM(model, self.vocab_size)  # noqa: E731
-        self.target = make(target)
-        self.lms = {i: make(arm.model) for i, arm in enumerate(arms) if arm.kind == "model"}  # this engine's caches
         self.device = next(target.parameters()).device
+        if fast and not max_len:
+            raise ValueError("the fast path needs max_len: the positions its static caches hold")
+        self.max_len = min(self.max_context, max_len) if fast else None
+        self.feature_layers = feature_layers(arms)
+        self.target = self.make_lm(target, self.feature_layers)
+        self.runtimes = {i: arm.runtime(self) for i, arm in enumerate(arms)}  # this engine's caches per arm
         self.generator: torch.Generator | None = None
+        self.t_step: float | None = None
+
+    def make_lm(self, model, feature_layers=None):
+        """A cached view of `model` for this engine: static caches (+ graphs on CUDA) or DynamicCache."""
+        if self.fast:
+            widths = default_widths(self.max_block - 1)
+            return StaticLM(
+                model, self.vocab_size, self.max_len, widths, compile=self.compile, feature_layers=feature_layers
+            )
+        return CachedLM(model, self.vocab_size, feature_layers=feature_layers)
+
+    @property
+    def lms(self) -> dict:
+        """The caches of model arms (by arm index), for tests and profiling."""
+        return {i: rt for i, rt in self.runtimes.items() if self.arms[i].kind == "model"}
 
     def warmup(self) -> float:
-        """Capture every CUDA graph of the fast path now; returns the seconds it took."""
+        """Capture every CUDA graph of the fast path and time one target step; returns the seconds it took."""
         start = time.perf_counter()
-        for lm in [self.target, *self.lms.values()]:
-            if isinstance(lm, StaticLM):
-                lm.warmup()
+        for rt in [self.target, *self.runtimes.values()]:
+            if hasattr(rt, "warmup"):
+                rt.warmup()
+        self.calibrate()
         return time.perf_counter() - start
+
+    def calibrate(self) -> float:
+        """Seconds of one width-1 target forward: the speed reward's unit (the target alone)."""
+        self.t_step = self.forward_seconds(self.target, 1)
+        return self.t_step
+
+    @torch.inference_mode()
+    def forward_seconds(self, lm, width: int, reps: int = 5) -> float:
+        """Median seconds of one forward of `width` tokens through one of this engine's caches (graphs
+        replayed where captured); the cache is reset after."""
+        times, x = [], torch.zeros(width, dtype=torch.long, device=self.device)
+        for _ in range(reps + 1):
+            lm.reset()
+            watch = Stopwatch(self.device)
+            lm.forward(x)
+            watch.mark("step")
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(watch.durations()["step"])
+        lm.reset()
+        return statistics.median(times[1:])
+
+    def draft_seconds(self, i: int) -> float:
+        """Seconds arm i spends per drafted token (0 for arms without a model)."""
+        rt = self.runtimes[i]
+        if rt is None:
+            return 0.0
+        return rt.step_seconds() if hasattr(rt, "step_seconds") else self.forward_seconds(rt, 1)
 
     def check_request(self, prompt_len: int, max_new_tokens: int) -> None:
         if prompt_len == 0:
             raise UserError("the prompt is empty: pass at least one token of text")
+        if max_new_tokens < 1:
+            raise UserError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         if prompt_len >= self.max_context:
             raise UserError(
                 f"the prompt has {prompt_len} tokens but the target's context is {self.max_context}; shorten it"
             )
-        if self.fast and prompt_len + max_new_tokens > self.max_context:
+        if self.fast and prompt_len + max_new_tokens > self.max_len:
             raise UserError(
                 f"prompt ({prompt_len} tokens) + max_new_tokens ({max_new_tokens}) exceed the fast path's "
-                f"{self.max_context} cached positions; raise max_len or lower max_new_tokens"
+                f"{self.max_len} cached positions; raise max_len or lower max_new_tokens"
             )
-        if max_new_tokens < 1:
-            raise UserError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
 
     def prefill(self, prompt: list[int], max_new_tokens: int) -> tuple[Sequence, RoundContext]:
         """Reset every cache; the target sees all prompt tokens but the last; features for the chooser."""
         self.target.reset()
         for i, arm in enumerate(self.arms):
-            if i in self.lms:
-                arm.lm = self.lms[i]  # arms may be shared by engines; each engine brings its own caches
+            arm.bind(self.runtimes[i])  # arms may be shared by engines; each engine brings its own caches
             arm.reset()
         cap = len(prompt) + max_new_tokens + self.max_block + 1
         seq = Sequence(torch.zeros(cap, dtype=torch.long, device=self.device), [])
@@ -183,6 +177,8 @@ class SpecEngine:
         on_tokens: Callable[[list[int]], None] | None = None,
     ) -> Generation:
         self.check_request(len(prompt), max_new_tokens)
+        if self.t_step is None:
+            self.calibrate()
         start = time.perf_counter()
         seq, ctx = self.prefill(prompt, max_new_tokens)
         chooser.begin(ctx)
@@ -192,8 +188,7 @@ class SpecEngine:
             record, new = self.step(seq, ctx, chooser, limit)
             rounds.append(record)
             if hit := [i for i, t in enumerate(new) if t in self.eos_ids]:
-                new = new[: hit[0] + 1]
-                stop = "eos"
+                new, stop = new[: hit[0] + 1], "eos"
             seq.extend(new)
             if on_tokens:
                 on_tokens(new)
@@ -204,80 +199,69 @@ class SpecEngine:
             stop = "context"
         if self.device.type == "cuda":
             torch.cuda.synchronize()
-        return Generation(
-            len(prompt),
-            seq.host[len(prompt) :],
-            rounds,
-            stop,
-            time.perf_counter() - start,
-            [a.name for a in self.arms],
-            ctx.features,
-        )
+        seconds = time.perf_counter() - start
+        return Generation(seq.host[len(prompt) :], rounds, stop, seconds, [a.name for a in self.arms])
 
     def step(self, seq: Sequence, ctx: RoundContext, chooser: Chooser, limit: int) -> tuple[RoundRecord, list[int]]:
-        """One round: choose, draft, verify, one sync, crop caches, reward; returns the new tokens."""
+        """One round: choose, draft, verify, one sync and commit, feedback; returns the new tokens."""
         t0 = time.perf_counter()
         i = chooser.select(ctx)
-        arm, L = self.arms[i], seq.length
         t_bandit = time.perf_counter() - t0
-        watch = Stopwatch(self.device)
+        arm, L, watch = self.arms[i], seq.length, Stopwatch(self.device)
         allowed = min(arm.gamma, limit - L - 1)
         draft, q = arm.draft(seq, allowed, self.params, self.early_stop, self.generator)
         watch.mark("draft")
-        k = draft.shape[0]
+        n, nxt, div, p = self._verify(seq, draft, q)
+        watch.mark("verify")
+        n, div, new = self._sync(n, nxt, div, draft)
+        self.target.rewind(L + n)
+        arm.commit(L + n)
+        idle = self._score_idle(seq, new, p, i) if self.full_feedback else {}
+        watch.mark("idle")
+        times = watch.durations()
+        rec = RoundRecord(
+            ctx.round, i, arm.name, draft.shape[0], n, div, times["draft"], times["verify"], times["idle"],
+            t_bandit, time.perf_counter() - t0, self.t_step, self.max_block, allowed > 0, idle,
+        )  # fmt: skip
+        if rec.could_draft:  # an arm that could draft but proposed nothing still cost its round
+            t1 = time.perf_counter()
+            chooser.observe(ctx, rec)
+            rec.t_bandit += time.perf_counter() - t1
+        return rec, new
+
+    def _verify(self, seq: Sequence, draft: torch.Tensor, q: torch.Tensor):
+        """The target's forward over [last committed token, draft]; accepted count, next token, divergence."""
+        L, k = seq.length, draft.shape[0]
         logits = self.target.forward(torch.cat([seq.ids[L - 1 : L], draft]))  # [k+1, V]
         p = logits_to_probs(logits, self.params)
         if self.params.greedy:
             n, nxt = verify_greedy(logits, draft)
         else:
             n, nxt = verify_sampling(p, q, draft, self.generator)
-        div = block_divergence(p[:k], q)
-        watch.mark("verify")
-        host = torch.cat([torch.stack([n.float(), nxt.float(), div.float()]), draft.float()]).tolist()  # the sync
-        n, new = int(host[0]), [int(t) for t in host[3 : 3 + int(host[0])]] + [int(host[1])]
-        self.target.rewind(L + n)
-        arm.commit(L + n)
-        idle = self._score_idle(seq, new, p, i) if self.full_feedback else {}
-        if idle:
-            watch.mark("catchup")
-        times = watch.durations()
-        t_round = time.perf_counter() - t0
-        rec = RoundRecord(
-            ctx.round,
-            i,
-            arm.name,
-            k,
-            n,
-            host[2],
-            n / k if k else 0.0,
-            throughput_reward(n, times["draft"], times["verify"], self.max_block),
-            times["draft"],
-            times["verify"],
-            times.get("catchup", 0.0),
-            t_bandit,
-            t_round,
-            idle,
-        )
-        if allowed > 0:  # an arm that could draft but proposed nothing earns 0: its round still cost a forward
-            t1 = time.perf_counter()
-            chooser.observe(
-                ctx, i, {"divergence": rec.divergence, "efficiency": rec.efficiency, "throughput": rec.throughput}
-            )
-            for j, r in idle.items():
-                chooser.observe(ctx, j, {"divergence": r})
-            rec.t_bandit += time.perf_counter() - t1
-        return rec, new
+        return n, nxt, block_divergence(p[:k], q), p
 
-    def _score_idle(self, seq: Sequence, new: list[int], p: torch.Tensor, chosen: int) -> dict[int, float]:
-        """Full-information feedback: every idle arm's block divergence on the committed tokens."""
+    @staticmethod
+    def _sync(n, nxt, div, draft) -> tuple[int, float, list[int]]:
+        """The round's one host sync: accepted count, next token, divergence and the draft together."""
+        host = torch.cat([torch.stack([n.float(), nxt.float(), div.float()]), draft.float()]).tolist()
+        n = int(host[0])
+        return n, host[2], [int(t) for t in host[3 : 3 + n]] + [int(host[1])]
+
+    def _score_idle(self, seq: Sequence, new: list[int], p: torch.Tensor, chosen: int) -> dict[int, IdleScore]:
+        """Full-information feedback: every idle arm on the committed tokens of this round, alike."""
         L = seq.length
-        width = min(len(new), p.shape[0], self.max_block - 1)
         scratch = Sequence(seq.ids, seq.host + new)  # committed view, not yet extended
         scratch.ids[L : L + len(new)] = torch.tensor(new, device=seq.ids.device)
-        out = {}
+        committed = scratch.ids[L : L + len(new)]
+        scores = {}
         for j, arm in enumerate(self.arms):
-            if j == chosen:
+            width = min(len(new), arm.gamma)
+            if j == chosen or width == 0:
                 continue
             q = arm.score(scratch, L, self.params)[:width]
-            out[j] = block_divergence(p[:width], q)
-        return {j: float(v) for j, v in out.items()}  # one more sync, only in full-feedback mode
+            scores[j] = (width, accepted_count(p[:width], q, committed[:width], self.params.greedy),
+                         block_divergence(p[:width], q))  # fmt: skip
+        if not scores:
+            return {}
+        host = torch.stack([torch.stack([a.float(), d.float()]) for _, a, d in scores.values()]).tolist()
+        return {j: IdleScore(w, a, d) for (j, (w, _, _)), (a, d) in zip(scores.items(), host)}  # one more sync

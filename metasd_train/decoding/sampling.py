@@ -107,9 +107,29 @@ def verify_sampling(
     return n, sample(row, generator)
 
 
+def acceptance_rates(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Per position, 1 - TV(p_i, q_i): the chance a draft from q_i is accepted; 0 where q_i is all zeros
+    (the arm proposed nothing there)."""
+    # p, q: [k, V] -> [k]
+    return (1 - 0.5 * (p - q).abs().sum(dim=-1)) * (q.sum(dim=-1) > 0)
+
+
 def block_divergence(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """MetaSD's alignment feedback: mean over the block of 1 - TV(p_i, q_i)."""
     # p, q: [k, V] -> []
     if p.shape[0] == 0:
         return p.new_zeros(())
-    return (1 - 0.5 * (p - q).abs().sum(dim=-1)).mean()
+    return acceptance_rates(p, q).mean()
+
+
+def accepted_count(p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor, greedy: bool) -> torch.Tensor:
+    """How many of `tokens` a drafter with distributions q would have had accepted, in a row.
+
+    Greedy: the leading positions where q's one-hot choice is the committed token (exact). Sampled:
+    the expected count, sum_i prod_{j<=i} (1 - TV_j).
+    """
+    # p, q: [k, V], tokens: [k] -> []
+    if greedy:
+        hits = q.gather(-1, tokens[:, None])[:, 0] > 0.5
+        return torch.cumprod(hits.to(torch.int64), dim=0).sum()
+    return torch.cumprod(acceptance_rates(p, q), dim=0).sum()

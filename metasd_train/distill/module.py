@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
-
 import lightning as L
 import torch
 from torchmetrics import MeanMetric
 
 from metasd_train.distill.losses import acceptance, kd_loss
+from metasd_train.distill.optim import adamw_warmup_cosine
 
 
 class Frozen:
@@ -56,11 +55,10 @@ class DistillModule(L.LightningModule):
     def training_step(self, batch, batch_idx):
         s, t, labels = self._logits(batch)
         hp = self.hparams
-        loss = kd_loss(s, t, hp.loss) if hp.loss != "ce" else torch.zeros((), device=s.device)
-        if hp.ce_weight > 0 or hp.loss == "ce":
-            loss = loss + (1.0 if hp.loss == "ce" else hp.ce_weight) * torch.nn.functional.cross_entropy(
-                s.float(), labels
-            )
+        ce_weight = 1.0 if hp.loss == "ce" else hp.ce_weight
+        loss = kd_loss(s, t, hp.loss)
+        if ce_weight > 0:
+            loss = loss + ce_weight * torch.nn.functional.cross_entropy(s.float(), labels)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         return loss
 
@@ -78,15 +76,4 @@ class DistillModule(L.LightningModule):
             self.log(f"val/{name}/{domain}", metric, on_epoch=True, add_dataloader_idx=False, batch_size=n)
 
     def configure_optimizers(self):
-        hp = self.hparams
-        params = [p for p in self.student.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
-
-        def schedule(step: int) -> float:  # linear warm-up, cosine decay to 10%
-            if step < hp.warmup_steps:
-                return (step + 1) / hp.warmup_steps
-            frac = (step - hp.warmup_steps) / max(hp.max_steps - hp.warmup_steps, 1)
-            return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return adamw_warmup_cosine(self.student, self.hparams)

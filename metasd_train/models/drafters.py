@@ -1,12 +1,36 @@
-"""Drafter builders: a truncated copy of the target, a fresh small config, or a pretrained small LM."""
+"""Drafter builders by kind (`drafter.kind`): a truncated copy of the target, a fresh small config, a
+pretrained small LM, or a feature-level head. One registry, read by building and config validation."""
 
 from __future__ import annotations
 
 import copy
-
-import torch
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from metasd_train.errors import UserError
+
+
+@dataclass(frozen=True)
+class DrafterKind:
+    build: Callable  # (target, drafter_cfg, seed, device, tokenizer, examples) -> trainable module in fp32
+    arm: str  # the engine arm family that decodes with it (decoding.assemble.ARM_BUILDERS)
+
+
+DRAFTER_KINDS: dict[str, DrafterKind] = {}
+
+
+def drafter_kind(name: str, arm: str = "model"):
+    def register(build):
+        DRAFTER_KINDS[name] = DrafterKind(build, arm)
+        return build
+
+    return register
+
+
+def build_drafter(target, d, seed: int, device, tokenizer, examples):
+    """The student for `drafter.kind`, in fp32 master weights (bf16-mixed autocasts its compute);
+    `examples` (the self-distilled data) is what data-dependent kinds (a head's vocabulary) read."""
+    return DRAFTER_KINDS[d.kind].build(target, d, seed, device, tokenizer, examples)
 
 
 def truncated(target, layers: int, freeze_embeddings: bool = True):
@@ -38,6 +62,44 @@ def truncated(target, layers: int, freeze_embeddings: bool = True):
     return drafter.to(target.device).eval()
 
 
+@drafter_kind("head", arm="head")
+def _head(target, d, seed, device, tokenizer, examples):
+    from metasd_train.data.draft_vocab import token_counts
+    from metasd_train.distill.head_module import build_head
+    from metasd_train.models.tokenizers import eos_ids
+
+    train = [r for r, split in zip(examples["response_ids"], examples["split"]) if split == "train"]
+    counts = token_counts(train, target.config.vocab_size)
+    layers = list(d.head.feature_layers) if d.head.feature_layers else None
+    k = min(int(d.head.draft_vocab), target.config.vocab_size)
+    return build_head(target, k, counts, eos_ids(target, tokenizer), layers, seed).to(device).float()
+
+
+@drafter_kind("truncated")
+def _truncated(target, d, seed, device, tokenizer, examples):
+    return truncated(target, d.layers, d.freeze_embeddings).float()
+
+
+@drafter_kind("fresh")
+def _fresh(target, d, seed, device, tokenizer, examples):
+    from omegaconf import OmegaConf
+
+    return fresh(target, OmegaConf.to_container(d.config), seed).float()
+
+
+@drafter_kind("pretrained")
+def _pretrained(target, d, seed, device, tokenizer, examples):
+    from metasd_train.models.loading import load_model
+    from metasd_train.models.tokenizers import check_tokenizers, check_vocab
+
+    if not d.path:
+        raise UserError("drafter.kind=pretrained needs drafter.path=<HF folder or .gguf>")
+    loaded = load_model({"name": d.path, "dtype": "fp32"}, device)
+    check_tokenizers(tokenizer, loaded.tokenizer, f"drafter {d.path}")
+    check_vocab(target.config.vocab_size, loaded.model.config.vocab_size, f"drafter {d.path}", len(tokenizer))
+    return loaded.model
+
+
 def _layer_at_or_after(key: str, layers: int) -> bool:
     parts = key.split(".")
     if "layers" in parts:
@@ -48,7 +110,7 @@ def _layer_at_or_after(key: str, layers: int) -> bool:
 
 def fresh(target, config: dict, seed: int = 0):
     """A new small Llama with the target's vocabulary and special tokens."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from metasd_train.models.random_init import random_lm
 
     base = target.config
     kwargs = dict(
@@ -60,34 +122,4 @@ def fresh(target, config: dict, seed: int = 0):
         tie_word_embeddings=True,
     )
     kwargs.update(dict(config))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return LlamaForCausalLM(LlamaConfig(**kwargs)).to(device=target.device, dtype=target.dtype).eval()
-
-
-def tiny_llama(vocab_size: int = 32, layers: int = 2, hidden: int = 32, seed: int = 0, **extra):
-    """A tiny random Llama for unit tests (never for real runs).
-
-    Untied embeddings and a wide init (0.3) give varied, non-degenerate continuations; the
-    default init (0.02, tied) just repeats the last token, which would let weak tests pass.
-    """
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    cfg = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        bos_token_id=0,
-        eos_token_id=1,
-        pad_token_id=1,
-        tie_word_embeddings=False,
-        initializer_range=0.3,
-        **extra,
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return LlamaForCausalLM(cfg).eval()
+    return random_lm(kwargs, "llama", seed).to(device=target.device, dtype=target.dtype).eval()

@@ -14,6 +14,15 @@ PROBES = [
 ]
 
 
+def eos_ids(model, tokenizer=None) -> list[int]:
+    """Every id that ends an answer: the generation config's EOS ids and the tokenizer's."""
+    ids = getattr(model.generation_config, "eos_token_id", None)
+    ids = list(ids) if isinstance(ids, (list, tuple)) else [ids]
+    if tokenizer is not None:
+        ids.append(tokenizer.eos_token_id)
+    return sorted({i for i in ids if i is not None})
+
+
 def check_tokenizers(target_tok, drafter_tok, drafter_name: str = "drafter") -> None:
     """Raise UserError unless both tokenizers give the same ids for the probe strings and specials."""
     if target_tok is None or drafter_tok is None:

@@ -25,7 +25,8 @@ class StageContext:
 
     @cached_property
     def _target(self):
-        return load_model(OmegaConf.to_container(self.cfg.target), self.device)
+        t = self.cfg.target  # the user's own config: the one place a loader flag may come from
+        return load_model(OmegaConf.to_container(t), self.device, trust_remote_code=bool(t.trust_remote_code))
 
     @property
     def target(self):

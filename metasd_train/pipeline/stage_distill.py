@@ -1,42 +1,53 @@
-"""Stage `distill`: a generalist drafter on the domain mix, then one specialist per domain."""
+"""Stage `distill`: a generalist drafter on the domain mix, then one specialist per domain.
+
+Output layout (read by log_acceptance and export through `drafter_specs`):
+distill/generalist/ (the drafter's folder), distill/specialists/<domain>/ (a PEFT adapter over the
+generalist, or a whole drafter), distill/acceptance.json, distill/throughput.json.
+"""
 
 from __future__ import annotations
+
+import copy
+from pathlib import Path
 
 import datasets
 import lightning as L
 from omegaconf import OmegaConf
 
 from metasd_train.atomic import atomic_dir, write_json
+from metasd_train.config import arm_gamma, companion, companion_drafter
 from metasd_train.data.datamodule import DistillDataModule
-from metasd_train.distill.module import DistillModule
+from metasd_train.distill.families import FAMILIES
 from metasd_train.distill.trainer import fit, make_trainer, validate
-from metasd_train.models import load_model
-from metasd_train.models.drafters import fresh, truncated
+from metasd_train.models.drafters import DRAFTER_KINDS, build_drafter
 from metasd_train.models.lora import add_lora
-from metasd_train.models.tokenizers import check_tokenizers, check_vocab
 from metasd_train.pipeline import ranks
 from metasd_train.pipeline.context import StageContext
 
 
-def build_drafter(ctx: StageContext):
-    """The student, in fp32 master weights (bf16-mixed autocasts its compute; the teacher stays bf16)."""
-    d = ctx.cfg.drafter
-    if d.kind == "truncated":
-        return truncated(ctx.target, d.layers, d.freeze_embeddings).float()
-    if d.kind == "fresh":
-        return fresh(ctx.target, OmegaConf.to_container(d.config), ctx.cfg.seed).float()
-    loaded = load_model({"name": d.path, "dtype": "fp32"}, ctx.device)
-    check_tokenizers(ctx.tokenizer, loaded.tokenizer, f"drafter {d.path}")
-    check_vocab(ctx.target.config.vocab_size, loaded.model.config.vocab_size, f"drafter {d.path}", len(ctx.tokenizer))
-    return loaded.model
+def drafter_specs(distill_dir: Path, drafter_cfg) -> list[dict]:
+    """Every drafter a distill stage made: {name, arm, kind, path, gamma, adapter?}."""
+    arm = DRAFTER_KINDS[drafter_cfg.kind].arm
+    base = {"arm": arm, "kind": drafter_cfg.kind, "path": str(distill_dir / "generalist")}
+    specs = [{**base, "name": "generalist"}]
+    root = distill_dir / "specialists"
+    for d in sorted(root.iterdir()) if root.exists() else []:
+        if (d / "adapter_config.json").exists():
+            specs.append({**base, "name": d.name, "kind": "lora", "adapter": str(d)})
+        else:
+            specs.append({**base, "name": d.name, "path": str(d)})
+    for name in drafter_cfg.companions:
+        c = companion(drafter_cfg, name)
+        kind = {"arm": DRAFTER_KINDS[c.kind].arm, "kind": c.kind}
+        specs.append({**kind, "name": name, "path": str(distill_dir / "companions" / name)})
+    return [{**s, "gamma": arm_gamma(drafter_cfg, s["name"])} for s in specs]
 
 
-def _train(ctx, student, dm, name: str, steps: int, lr: float) -> dict:
-    c = ctx.cfg.distill
+def _train(ctx, student, dm, name: str, steps: int, lr: float, drafter=None) -> dict:
+    c, d = ctx.cfg.distill, drafter or ctx.cfg.drafter
+    family = FAMILIES[DRAFTER_KINDS[d.kind].arm]
     L.seed_everything(ctx.cfg.seed, verbose=False)
-    module = DistillModule(
-        student, ctx.target, dm.val_domains, c.loss, c.ce_weight, lr, c.weight_decay, min(c.warmup_steps, steps), steps
-    )
+    module = family.module(student, ctx.target, dm.val_domains, c, d, lr, steps)
     ckpt = ctx.run.path / ".checkpoints" / name
     trainer = make_trainer(
         OmegaConf.to_container(ctx.cfg.trainer),
@@ -46,9 +57,17 @@ def _train(ctx, student, dm, name: str, steps: int, lr: float) -> dict:
         min(c.val_every, steps),
         ckpt,
         c.accumulate,
+        c.checkpoint_every,
     )
     ctx.extras.setdefault("throughput", {})[name] = fit(module, dm, trainer, ckpt)
     return validate(module, dm, trainer)
+
+
+def specialist(student, d):
+    """A specialist to train from the generalist: a LoRA adapter over it, or a whole copy."""
+    if d.specialists == "lora":
+        return add_lora(student, d.lora.r, d.lora.alpha, d.lora.dropout, list(d.lora.target_modules))
+    return copy.deepcopy(student)
 
 
 def run(ctx: StageContext) -> dict:
@@ -57,33 +76,39 @@ def run(ctx: StageContext) -> dict:
     domains = sorted(set(examples["domain"]))
     pad = ctx.tokenizer.pad_token_id
     all_dm = DistillDataModule(examples, domains, c.batch_size, pad, ctx.cfg.seed)
-    student = build_drafter(ctx)
+    student = build_drafter(ctx.target, d, ctx.cfg.seed, ctx.device, ctx.tokenizer, examples)
+    family = FAMILIES[DRAFTER_KINDS[d.kind].arm]
     init_trainer = make_trainer(OmegaConf.to_container(ctx.cfg.trainer), ctx.run.path / "logs", "init")
-    table = {"init": validate(DistillModule(student, ctx.target, domains), all_dm, init_trainer)}
+    init = family.module(student, ctx.target, domains, c, d, c.lr, 1)
+    table = {"init": validate(init, all_dm, init_trainer)}
     table["generalist"] = _train(ctx, student, all_dm, "generalist", c.max_steps, c.lr)
     specialists = {}
     for domain in domains if d.specialists != "none" else []:
         dm = DistillDataModule(examples, [domain], c.batch_size, pad, ctx.cfg.seed)
-        if d.specialists == "lora":
-            spec = add_lora(student, d.lora.r, d.lora.alpha, d.lora.dropout, list(d.lora.target_modules))
-        else:
-            import copy
-
-            spec = copy.deepcopy(student)
+        spec = specialist(student, d)
         lr = c.lora_lr if d.specialists == "lora" else c.lr
         table[domain] = _train(ctx, spec, dm, f"specialist-{domain}", c.specialist_steps, lr)
         specialists[domain] = spec
+    companions = {}
+    for name in d.companions:
+        cd = companion_drafter(d, name)
+        companions[name] = (cd, build_drafter(ctx.target, cd, ctx.cfg.seed, ctx.device, ctx.tokenizer, examples))
+        if (steps := companion(d, name).steps) > 0:
+            table[name] = _train(ctx, companions[name][1], all_dm, f"companion-{name}", steps, c.lr, cd)
     if not ranks.is_zero():
         return {}
     with atomic_dir(ctx.run.stage_dir("distill")) as out:
-        student.save_pretrained(out / "generalist")
-        ctx.tokenizer.save_pretrained(out / "generalist")
+        family.save(student, out / "generalist", ctx.tokenizer)
         for domain, spec in specialists.items():
-            spec.save_pretrained(out / "specialists" / domain)  # PEFT format for LoRA
+            family.save(spec, out / "specialists" / domain, ctx.tokenizer)
+        for name, (cd, model) in companions.items():
+            FAMILIES[DRAFTER_KINDS[cd.kind].arm].save(model, out / "companions" / name, ctx.tokenizer)
         write_json(out / "acceptance.json", table)
         write_json(out / "throughput.json", ctx.extras["throughput"])
-    ctx.extras["distill_table"] = table
     return {
         "train_tokens_per_s": {k: round(v["tokens_per_s"]) for k, v in ctx.extras["throughput"].items()},
-        "val_acceptance": {k: {dd: round(v["acceptance"], 4) for dd, v in t.items()} for k, t in table.items()},
+        "val_acceptance": {
+            k: {dd: round(v["acceptance"], 4) for dd, v in t.items() if "acceptance" in v} for k, t in table.items()
+        },
+        **({"val_accept_len": {k: round(t["all"]["accept_len"], 3) for k, t in table.items() if "all" in t}}),
     }

@@ -22,8 +22,8 @@ def test_atomic_dir_without_replace_keeps_the_first_writer(tmp_path):
 def _cache_writer(rank: int, store: str, out: str, tok) -> None:
     import torch.distributed as dist
 
-    from metasd_train.models.drafters import tiny_llama
     from metasd_train.models.loading import write_hf_dir
+    from metasd_train.models.random_init import tiny_llama
 
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     try:

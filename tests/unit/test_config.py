@@ -69,7 +69,7 @@ def test_bad_model_path_leaves_no_run_directory(tmp_path):
 def test_decode_bad_options_give_one_clear_line(tmp_path):
     for args, expected in (
         (["run=/nope", "prompt=hi"], "no exported ensemble"),
-        (["run=x", "colour=red"], "bad decode option"),
+        (["run=x", "colour=red"], "bad option"),
         (["run=x", "prompt=hi", "temperature=-1"], "temperature=-1.0 is out of range"),
         (["run=x", "prompt=hi", "top_p=0"], "top_p=0.0 is out of range"),
         (["run=x", "prompt=hi", "max_new_tokens=0"], "max_new_tokens=0 is out of range"),

@@ -1,0 +1,225 @@
+"""What `python decode.py` does: load an exported ensemble, decode prompts with the bandit choosing
+arms, compare with the fastest autoregressive path on the same prompts, write the answers."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+from rich.console import Console
+from rich.table import Table
+
+from metasd_train.bandit.chooser import chooser_for
+from metasd_train.cli.args import check_ranges, parse
+from metasd_train.data.prompts import chat_ids, read_questions
+from metasd_train.decoding.arms import NoDraftArm
+from metasd_train.decoding.assemble import make_engine
+from metasd_train.decoding.hf_generate import hf_generate
+from metasd_train.decoding.records import summarize
+from metasd_train.errors import UserError
+from metasd_train.export.ensemble import find_export, load_ensemble
+from metasd_train.models.tokenizers import eos_ids
+from metasd_train.pipeline import plots
+
+
+@dataclass
+class DecodeArgs:
+    run: str = ""  # a run directory (its export/ is loaded) or an export folder
+    prompt: str | None = None
+    prompts: str | None = None  # question.jsonl: question_id, category, turns[]
+    out: str | None = None  # answers jsonl (default <run>/decode/<prompts stem>.answers.jsonl)
+    max_new_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    policy: str | None = None  # override the exported policy (fresh, not warm-started)
+    arm: str | None = None  # decode with this one drafter only
+    feedback: str | None = None  # bandit | full
+    device: str = "auto"
+    dtype: str = "auto"
+    seed: int = 0
+    fast: bool | None = None  # static caches + CUDA graphs on a GPU (default on)
+    max_len: int | None = None  # positions in the fast path's caches (default: the export's decode.max_len)
+    baseline: bool = True  # also time the fastest autoregressive path on the same prompts
+    quiet: bool = False
+
+
+DECODE_KEYS = ("temperature", "top_p", "top_k", "max_new_tokens", "fast", "max_len")
+
+
+def parse_args(argv: list[str]) -> DecodeArgs:
+    args = parse(DecodeArgs, argv, required=("run",))
+    check_ranges(
+        args,
+        [
+            ("temperature", lambda v: v == 0 or 1e-3 <= v <= 100, "0 (greedy) or in [0.001, 100]"),
+            ("top_p", lambda v: 0 < v <= 1, "in (0, 1]"),
+            ("top_k", lambda v: v >= 0, ">= 0 (0 = off)"),
+            ("max_new_tokens", lambda v: v >= 1, ">= 1"),
+            ("max_len", lambda v: v >= 2, ">= 2"),
+        ],
+    )
+    if args.prompt is None and args.prompts is None:
+        raise UserError('nothing to decode: pass prompt="..." or prompts=FILE.jsonl')
+    if args.prompt is not None and not args.prompt.strip():
+        raise UserError('the prompt is empty: pass some text in prompt="..."')
+    return args
+
+
+def questions_of(args: DecodeArgs) -> list[dict]:
+    if args.prompt is not None:
+        return [{"question_id": 0, "category": "prompt", "turns": [args.prompt]}]
+    return read_questions(args.prompts)
+
+
+def answers_path(args: DecodeArgs) -> Path | None:
+    """Where answers go; checked writable before any model loads."""
+    if args.prompts is None:
+        return None
+    folder = find_export(args.run)
+    out = Path(args.out or folder.parent / "decode" / Path(args.prompts).with_suffix(".answers.jsonl").name)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot write answers to {out}: {e.strerror}; pass a writable out=PATH") from None
+    if not os.access(out.parent, os.W_OK):
+        raise UserError(f"cannot write answers to {out}: folder not writable; pass a writable out=PATH")
+    return out
+
+
+class Baseline:
+    """The fastest autoregressive path here: our fast target alone on a GPU, HF generate elsewhere."""
+
+    def __init__(self, engine, target, tokenizer, dcfg):
+        self.eos, self.params, self.model = eos_ids(target, tokenizer), engine.params, target
+        self.alone = None
+        if engine.fast:
+            self.alone = make_engine(target, tokenizer, [NoDraftArm("target_only", target.config.vocab_size)], dcfg)
+            self.alone.warmup()
+        self.name = "our fast target alone" if self.alone else "HF generate"
+
+    def seconds_per_token(self, ids: list[int], n: int) -> float:
+        if self.alone is not None:
+            gen = self.alone.generate(ids, n, chooser_for(None, fixed=0)[0])
+            return gen.seconds / max(len(gen.tokens), 1)
+        tokens, secs = hf_generate(self.model, ids, n, self.eos, self.params)
+        return secs / max(len(tokens), 1)
+
+
+class Streamer:
+    def __init__(self, tokenizer, console: Console):
+        self.tok, self.console, self.ids, self.shown = tokenizer, console, [], ""
+
+    def __call__(self, new: list[int]) -> None:
+        self.ids.extend(new)
+        text = self.tok.decode(self.ids, skip_special_tokens=True)
+        self.console.print(text[len(self.shown) :], end="", soft_wrap=True, highlight=False, markup=False)
+        self.shown = text
+
+
+def decode(args: DecodeArgs, console: Console | None = None) -> dict:
+    """Decode one prompt (streamed) or a question file; returns the per-category summary."""
+    console = console or Console(quiet=args.quiet, width=max(Console().width, 130))
+    questions, out = questions_of(args), answers_path(args)
+    ens = load_ensemble(args.run, args.device, args.dtype, args.arm)
+    dcfg = OmegaConf.create(ens.manifest["decode"])
+    for key in DECODE_KEYS:
+        if getattr(args, key) is not None:
+            dcfg[key] = getattr(args, key)
+    greedy = float(dcfg.temperature) == 0  # the fitted prior comes from greedy logs: not reused when sampling
+    chooser, feedback = chooser_for(ens, policy=args.policy, arm=args.arm, feedback=args.feedback, greedy=greedy)
+    model, tok = ens.target.model, ens.target.tokenizer
+    engine = make_engine(model, tok, ens.arms, dcfg, full_feedback=feedback == "full")
+    engine.check_request(1, int(dcfg.max_new_tokens))
+    console.print(f"start-up: graphs captured and target step timed in {engine.warmup():.1f}s (fast={engine.fast})")
+    if engine.fast and getattr(engine.target, "fallback", None):
+        console.print(f"fast path: the target runs through its HF forward ({engine.target.fallback})")
+    baseline = Baseline(engine, model, tok, dcfg) if args.baseline else None
+    torch.manual_seed(args.seed)
+    stats, chosen = [], []
+    with Answers(out) as answers:
+        for q in questions:
+            record = answer(q, engine, chooser, tok, int(dcfg.max_new_tokens), baseline, console, args.prompt)
+            stats.extend(record["stats"])
+            chosen.extend(record.pop("arms"))
+            answers.write(record)
+    summary = summarize(stats)
+    console.print(summary_table(summary, ens.arm_names, baseline.name if baseline else None))
+    if out is not None:
+        plots.arm_timeline(
+            chosen, ens.arm_names, "drafter chosen per round (all requests in order)", out.with_suffix(".arms.png")
+        )
+        console.print(f"answers: {out}  arm plot: {out.with_suffix('.arms.png')}")
+    return summary
+
+
+def answer(q, engine, chooser, tok, n: int, baseline, console, streamed) -> dict:
+    """Every turn of one question; per-turn stats carry the question's category."""
+    messages, answers, stats, arms = [], [], [], []
+    for turn in q["turns"]:
+        messages.append({"role": "user", "content": turn})
+        ids = chat_ids(tok, messages)
+        gen = engine.generate(ids, n, chooser, on_tokens=Streamer(tok, console) if streamed is not None else None)
+        text = tok.decode(gen.tokens, skip_special_tokens=True)
+        messages.append({"role": "assistant", "content": text})
+        s = {**gen.summary(), "category": q["category"]}
+        if baseline is not None:
+            s["baseline_seconds"] = baseline.seconds_per_token(ids, n) * len(gen.tokens)
+        answers.append(text)
+        stats.append(s)
+        arms.extend(r.arm for r in gen.rounds)
+    if streamed is not None:
+        console.print()
+    return {**q, "answers": answers, "stats": stats, "arms": arms}
+
+
+class Answers:
+    """Answers are appended as they finish to `<out>.partial`, renamed to `out` when all are done."""
+
+    def __init__(self, out: Path | None):
+        self.out, self.file = out, None
+
+    def __enter__(self):
+        if self.out is not None:
+            self.file = open(self.out.with_name(self.out.name + ".partial"), "w", encoding="utf-8")
+        return self
+
+    def write(self, record: dict) -> None:
+        if self.file is not None:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+
+    def __exit__(self, exc_type, *_):
+        if self.file is not None:
+            self.file.close()
+            if exc_type is None:
+                os.replace(self.file.name, self.out)
+
+
+def summary_table(summary: dict, arm_names: list[str], baseline: str | None) -> Table:
+    title = "decode summary (τ = mean tokens per round" + (f"; speed-up over {baseline})" if baseline else ")")
+    table = Table(
+        "category", "requests", "tokens", "τ", "tok/s", "baseline tok/s", "speed-up", "arm shares", title=title
+    )
+    for cat, r in summary.items():
+        shares = " ".join(f"{a}:{r['arm_share'].get(a, 0):.0%}" for a in arm_names if r["arm_share"].get(a, 0) > 0)
+        table.add_row(
+            cat,
+            str(r["requests"]),
+            str(r["new_tokens"]),
+            f"{r['tau']:.2f}",
+            f"{r['tokens_per_s']:.1f}",
+            f"{r.get('baseline_tokens_per_s', float('nan')):.1f}",
+            f"{r.get('speedup', float('nan')):.2f}x",
+            shares,
+        )
+    return table
+
+
+def main(argv: list[str]) -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    decode(parse_args(argv))
