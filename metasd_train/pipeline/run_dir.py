@@ -8,12 +8,8 @@ ever opened as one: a new or empty folder, or one holding our manifest.
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
-import os
 import shutil
-import socket
 import time
 from datetime import datetime
 from pathlib import Path
@@ -21,8 +17,10 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from metasd_train.atomic import write_json, write_text
-from metasd_train.config import STAGES, RunConfig
+from metasd_train.config import STAGES
 from metasd_train.errors import UserError
+from metasd_train.pipeline.lock import RunLock, now
+from metasd_train.pipeline.settings import changed_settings
 
 FORMAT = "metasd-train run"  # the manifest's marker: what makes a folder a run directory
 
@@ -215,168 +213,6 @@ def size_of(path: Path) -> int | None:
         return None
 
 
-def now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S")
-
-
 def one_line(e: Exception) -> str:
     text = str(e).strip().splitlines()
     return text[0] if text else type(e).__name__
-
-
-class RunLock:
-    """An exclusive lock on a run directory: flock on `<run>/.lock`, a file that names its holder.
-
-    The kernel drops a flock when its process dies, so a lock left by a killed run (kill -9, a
-    crash, a reboot) is taken over without asking. Where the filesystem has no flock, the file
-    alone is the lock, and one naming a dead process of this host is stale and taken over.
-    """
-
-    def __init__(self, path: Path):
-        self.path, self.fd = Path(path), None
-
-    def acquire(self, what: str) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise UserError(self._busy(what, self.holder())) from None
-        except OSError as e:  # no flock here (some network/FUSE filesystems): the holder's pid decides
-            if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
-                os.close(fd)
-                raise
-            if is_alive(holder := self.holder()):
-                os.close(fd)
-                raise UserError(self._busy(what, holder)) from None
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": now()}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
-        self.fd = fd
-
-    def release(self) -> None:
-        if self.fd is None:
-            return
-        os.ftruncate(self.fd, 0)  # the file stays (removing it would race a waiting opener); empty = free
-        fcntl.flock(self.fd, fcntl.LOCK_UN)
-        os.close(self.fd)
-        self.fd = None
-
-    def holder(self) -> dict:
-        try:
-            info = json.loads(self.path.read_text() or "{}")
-        except (OSError, ValueError):
-            return {}
-        return info if isinstance(info, dict) else {}
-
-    @staticmethod
-    def _busy(what: str, holder: dict) -> str:
-        who = (
-            f"process {holder['pid']} on {holder.get('host', '?')} (since {holder.get('since', '?')})"
-            if "pid" in holder
-            else "another process (starting up)"
-        )
-        return f"{what} is in use by {who}; wait for it to finish or stop it, then run this command again"
-
-
-def is_alive(holder: dict) -> bool:
-    """Whether a lock holder may still run: alive on this host, or on another host (we cannot tell)."""
-    if "pid" not in holder:
-        return False
-    if holder.get("host") != socket.gethostname():
-        return True
-    try:
-        os.kill(int(holder["pid"]), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, ValueError, OverflowError):
-        return True
-    return True
-
-
-# The settings each stage's outputs are built from, as dotted key prefixes; the longest prefix that
-# matches a key decides. A stage builds on the outputs of every stage before it, so once a stage is
-# done, the settings of it and of all earlier stages are fixed. None: settings that change how a
-# run executes, not what it makes (devices, checkpoint cadence, the stage list itself).
-STAGE_OF_SETTING: dict[str, str | None] = {
-    "seed": "data",
-    "target": "data",
-    "data": "data",
-    "decode.heldout_per_domain": "data",
-    "drafter": "distill",
-    "distill": "distill",
-    "trainer.precision": "distill",
-    "drafter.gamma": "log_acceptance",
-    "drafter.gammas": "log_acceptance",
-    "drafter.ngram": "log_acceptance",
-    "drafter.ngram_gamma": "log_acceptance",
-    "decode": "log_acceptance",
-    "bandit": "fit_bandit",
-    "export": "export",
-    "recipe": None,
-    "description": None,
-    "run_dir": None,
-    "stages": None,
-    "device": None,
-    "trainer": None,
-    "decode.device": None,
-    "decode.fast": None,
-    "decode.compile": None,
-    "distill.checkpoint_every": None,
-}
-
-
-def stage_of_setting(key: str) -> str | None:
-    """The first stage whose outputs depend on `key` (keys of no known section: the data stage)."""
-    parts = key.split(".")
-    for n in range(len(parts), 0, -1):
-        prefix = ".".join(parts[:n])
-        if prefix in STAGE_OF_SETTING:
-            return STAGE_OF_SETTING[prefix]
-    return "data"
-
-
-def changed_settings(old: DictConfig, new: DictConfig, done: list[str]) -> list[tuple[str, object, object, str]]:
-    """(key, old value, new value, stage) for each setting that differs and that a finished stage
-    (or a stage before a finished one) was built with; keys the schema gained or lost are not changes."""
-    if not done:
-        return []
-    last = max(STAGES.index(s) for s in done)
-    a, b = flat(OmegaConf.to_container(old)), flat(OmegaConf.to_container(new))
-    schema = OmegaConf.structured(RunConfig)
-    out = []
-    for key in sorted(a.keys() | b.keys()):
-        stage = stage_of_setting(key)
-        if stage is None or STAGES.index(stage) > last or a.get(key, MISSING) == b.get(key, MISSING):
-            continue
-        if key not in a and b[key] == OmegaConf.select(schema, key, default=MISSING):
-            continue  # a key added to the schema since the run was made, at its default
-        if key not in b and schema_dropped(schema, key):
-            continue  # a key the schema no longer has
-        out.append((key, a.get(key), b.get(key), stage))
-    return out
-
-
-MISSING = object()
-
-
-def flat(tree, prefix: str = "") -> dict:
-    """{dotted.key: leaf} of nested dicts (lists are leaves; an empty mapping has no keys)."""
-    if not isinstance(tree, dict):
-        return {prefix: tree}
-    out = {}
-    for k, v in tree.items():
-        out.update(flat(v, f"{prefix}.{k}" if prefix else str(k)))
-    return out
-
-
-def schema_dropped(schema: DictConfig, key: str) -> bool:
-    """Whether `key` names a field the config schema does not have (not an entry of a user's mapping)."""
-    node = schema
-    for part in key.split("."):
-        if not isinstance(node, DictConfig) or OmegaConf.get_type(node) is dict:
-            return False  # inside a free-form mapping (data.domains, trainer, ...): the user's own keys
-        if part not in node:
-            return True
-        node = node[part]
-    return False

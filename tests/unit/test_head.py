@@ -9,7 +9,8 @@ import torch
 from metasd_train.data.draft_vocab import draft_vocab, token_counts
 from metasd_train.errors import UserError
 from metasd_train.export.head import WEIGHTS, expected_shapes, load_head, save_head
-from metasd_train.models.head import DraftHead, HeadConfig, RMSNorm, attend, rope
+from metasd_train.models.head import DraftHead, HeadConfig
+from metasd_train.models.head_layer import RMSNorm, attend, rope
 from metasd_train.models.random_init import tiny_llama
 from metasd_train.models.random_init import tiny_qwen2 as random_qwen2
 
@@ -77,7 +78,7 @@ def test_rmsnorm_and_rope_match_hf_llama():
     torch.testing.assert_close(ours_cos, cos[0]), torch.testing.assert_close(ours_sin, sin[0])
     q = torch.randn(1, 4, 4, 8)
     expected, _ = apply_rotary_pos_emb(q, q, cos, sin)
-    from metasd_train.models.head import _rotate
+    from metasd_train.models.head_layer import _rotate
 
     torch.testing.assert_close(_rotate(q, ours_cos, ours_sin), expected)
 

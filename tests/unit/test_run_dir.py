@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from metasd_train.atomic import atomic_dir, write_text
 from metasd_train.config import compose
 from metasd_train.errors import UserError
-from metasd_train.pipeline import run_dir as run_dir_module
+from metasd_train.pipeline import lock as lock_module
 from metasd_train.pipeline.run_dir import RunDir
 from metasd_train.pipeline.runner import link_latest
 
@@ -74,7 +74,7 @@ def test_a_second_process_is_told_who_holds_the_lock(base, tmp_path):
 def test_the_lock_of_a_killed_process_is_taken_over(base, tmp_path):
     (tmp_path / "run").mkdir()
     lock = tmp_path / "run" / ".lock"
-    code = "import sys, time; from metasd_train.pipeline.run_dir import RunLock; RunLock(sys.argv[1]).acquire('x'); "
+    code = "import sys, time; from metasd_train.pipeline.lock import RunLock; RunLock(sys.argv[1]).acquire('x'); "
     holder = subprocess.Popen([sys.executable, "-c", code + "print(1, flush=True); time.sleep(60)", str(lock)],
                               stdout=subprocess.PIPE)  # fmt: skip
     try:
@@ -90,10 +90,10 @@ def test_the_lock_of_a_killed_process_is_taken_over(base, tmp_path):
 
 def test_without_flock_a_dead_pid_of_this_host_is_stale_and_a_live_one_is_not(base, tmp_path, monkeypatch):
     def no_flock(fd, op):
-        if op != run_dir_module.fcntl.LOCK_UN:
+        if op != lock_module.fcntl.LOCK_UN:
             raise OSError(errno.ENOLCK, "no locks here")
 
-    monkeypatch.setattr(run_dir_module.fcntl, "flock", no_flock)
+    monkeypatch.setattr(lock_module.fcntl, "flock", no_flock)
     run = open_run(base, tmp_path / "run")
     host = json.loads((tmp_path / "run" / ".lock").read_text())["host"]
     with pytest.raises(UserError, match=f"in use by process {os.getpid()}"):
