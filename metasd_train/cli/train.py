@@ -6,7 +6,7 @@ USAGE = "python train.py recipe=NAME [key=value ...]   (python train.py recipe=l
 
 
 def print_recipes() -> None:
-    from metasd_train.config import recipes
+    from metasd_train.compose import recipes
 
     print(USAGE)
     print("\nrecipes:")
@@ -19,7 +19,7 @@ def main(argv: list[str]) -> None:
     if not argv or argv[0] in ("-h", "--help") or "recipe=list" in argv:
         print_recipes()
         return
-    from metasd_train.config import compose
+    from metasd_train.compose import compose
     from metasd_train.pipeline.runner import train
 
     train(compose(argv))

@@ -39,7 +39,7 @@ def model_arm(spec: dict, target, tokenizer) -> ModelArm:
 
 def load_head_spec(spec: dict, device, dtype):
     """A draft head from its folder, with a LoRA specialist's adapter merged in."""
-    from metasd_train.export.head import load_head
+    from metasd_train.models.head_io import load_head
 
     head = load_head(spec["path"], device, dtype)
     if spec.get("adapter"):

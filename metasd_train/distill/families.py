@@ -42,7 +42,7 @@ def _save_head(student, folder: Path, tokenizer) -> None:
     if hasattr(student, "peft_config"):  # a LoRA specialist: the adapter alone, over the generalist head
         student.save_pretrained(folder)
         return
-    from metasd_train.export.head import save_head
+    from metasd_train.models.head_io import save_head
 
     save_head(student, folder)
 

@@ -14,11 +14,9 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import MeanMetric
 
-from metasd_train.data.draft_vocab import draft_vocab
 from metasd_train.distill.module import Frozen
 from metasd_train.distill.optim import adamw_warmup_cosine
 from metasd_train.errors import UserError
-from metasd_train.models.head import DraftHead, HeadConfig
 
 METRICS = ("acceptance", "top1", "accept_len")
 
@@ -168,28 +166,3 @@ class HeadDistillModule(L.LightningModule):
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     # values, mask: [B, T] -> []; zero (with a gradient path) when nothing is selected
     return (values * mask).sum() / mask.sum().clamp_min(1)
-
-
-def build_head(target, draft_vocab_size: int, counts, eos_ids, feature_layers=None, seed: int = 0) -> DraftHead:
-    """A fresh head for `target`: seeded N(0, 0.02) init, `lm_head` from the target's output rows.
-
-    Args:
-        target: HF causal LM; its embedding stays shared, its config gives the head's shapes.
-        draft_vocab_size: K; counts: [V] token counts (`token_counts`); eos_ids: forced into the vocab.
-        feature_layers: 3 indices into HF's `hidden_states` (default (2, L//2, L-2)).
-    """
-    config = HeadConfig.from_target(target.config, draft_vocab_size, feature_layers)
-    d2t, t2d = draft_vocab(counts, draft_vocab_size, always=eos_ids)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        head = DraftHead(config)
-        for module in head.modules():
-            if isinstance(module, torch.nn.Linear):
-                torch.nn.init.normal_(module.weight, std=0.02)
-                if module.bias is not None:
-                    torch.nn.init.zeros_(module.bias)
-    head.set_vocab(d2t, t2d)
-    with torch.no_grad():
-        rows = target.get_output_embeddings().weight[t2d.nonzero().squeeze(1).to(target.device)]
-        head.lm_head.weight.copy_(rows.to(head.lm_head.weight.dtype).cpu())
-    return head.to(device=target.device, dtype=target.dtype)

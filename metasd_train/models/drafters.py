@@ -64,8 +64,8 @@ def truncated(target, layers: int, freeze_embeddings: bool = True):
 
 @drafter_kind("head", arm="head")
 def _head(target, d, seed, device, tokenizer, examples):
-    from metasd_train.data.draft_vocab import token_counts
-    from metasd_train.distill.head_module import build_head
+    from metasd_train.models.draft_vocab import token_counts
+    from metasd_train.models.head import build_head
     from metasd_train.models.tokenizers import eos_ids
 
     train = [r for r, split in zip(examples["response_ids"], examples["split"]) if split == "train"]

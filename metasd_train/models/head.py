@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metasd_train.errors import UserError
+from metasd_train.models.draft_vocab import draft_vocab
 from metasd_train.models.head_layer import ACTIVATIONS, MidLayer, RMSNorm, attend
 
 QKV_BIAS_BY_MODEL_TYPE = {"qwen2": True, "qwen2_moe": True}  # families whose configs have no `attention_bias`
@@ -125,7 +126,7 @@ class DraftHead(nn.Module):
         self.register_buffer("t2d", torch.zeros(config.vocab_size, dtype=torch.bool))  # in the draft vocab
 
     def set_vocab(self, d2t: torch.Tensor, t2d: torch.Tensor) -> None:
-        """Install a draft vocabulary (see `metasd_train.data.draft_vocab.draft_vocab`)."""
+        """Install a draft vocabulary (see `metasd_train.models.draft_vocab.draft_vocab`)."""
         if d2t.shape != self.d2t.shape or t2d.shape != self.t2d.shape:
             raise UserError(f"draft vocab shapes {tuple(d2t.shape)}, {tuple(t2d.shape)} do not fit this head")
         self.d2t.copy_(d2t)
@@ -222,3 +223,28 @@ def ttt_mask(attention_mask: torch.Tensor, k: int) -> torch.Tensor:
     mask = torch.cat(blocks, dim=-1)[None] & attention_mask.repeat(1, k)[:, None, :]
     own = F.pad(torch.eye(t, dtype=torch.bool, device=q.device), ((k - 1) * t, 0))
     return (mask | own)[:, None]
+
+
+def build_head(target, draft_vocab_size: int, counts, eos_ids, feature_layers=None, seed: int = 0) -> DraftHead:
+    """A fresh head for `target`: seeded N(0, 0.02) init, `lm_head` from the target's output rows.
+
+    Args:
+        target: HF causal LM; its embedding stays shared, its config gives the head's shapes.
+        draft_vocab_size: K; counts: [V] token counts (`token_counts`); eos_ids: forced into the vocab.
+        feature_layers: 3 indices into HF's `hidden_states` (default (2, L//2, L-2)).
+    """
+    config = HeadConfig.from_target(target.config, draft_vocab_size, feature_layers)
+    d2t, t2d = draft_vocab(counts, draft_vocab_size, always=eos_ids)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        head = DraftHead(config)
+        for module in head.modules():
+            if isinstance(module, torch.nn.Linear):
+                torch.nn.init.normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    torch.nn.init.zeros_(module.bias)
+    head.set_vocab(d2t, t2d)
+    with torch.no_grad():
+        rows = target.get_output_embeddings().weight[t2d.nonzero().squeeze(1).to(target.device)]
+        head.lm_head.weight.copy_(rows.to(head.lm_head.weight.dtype).cpu())
+    return head.to(device=target.device, dtype=target.dtype)

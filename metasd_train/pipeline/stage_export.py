@@ -33,7 +33,7 @@ def export_model(ctx: StageContext, spec: dict, folder: Path, dtype) -> None:
 
 def export_head(ctx: StageContext, spec: dict, folder: Path, dtype) -> None:
     """An EAGLE-3-layout head folder (SpecForge/SGLang key names); LoRA specialists merged in."""
-    from metasd_train.export.head import save_head
+    from metasd_train.models.head_io import save_head
 
     save_head(load_head_spec(spec, "cpu", dtype), folder)
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from metasd_train.config import compose
+from metasd_train.compose import compose
 from metasd_train.errors import UserError
 from metasd_train.pipeline.run_dir import RunDir
 from metasd_train.pipeline.runner import train

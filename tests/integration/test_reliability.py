@@ -12,7 +12,7 @@ import lightning as L
 import pytest
 import torch
 
-from metasd_train.config import compose
+from metasd_train.compose import compose
 from metasd_train.data.datamodule import DistillDataModule
 from metasd_train.distill.module import DistillModule
 from metasd_train.distill.trainer import check_trainer, fit, make_trainer

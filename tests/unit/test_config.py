@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from metasd_train.config import compose, recipes
+from metasd_train.compose import compose, recipes
 from metasd_train.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]

@@ -6,10 +6,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from metasd_train.data.draft_vocab import draft_vocab, token_counts
 from metasd_train.errors import UserError
-from metasd_train.export.head import WEIGHTS, expected_shapes, load_head, save_head
+from metasd_train.models.draft_vocab import draft_vocab, token_counts
 from metasd_train.models.head import DraftHead, HeadConfig
+from metasd_train.models.head_io import WEIGHTS, expected_shapes, load_head, save_head
 from metasd_train.models.head_layer import RMSNorm, attend, rope
 from metasd_train.models.random_init import tiny_llama
 from metasd_train.models.random_init import tiny_qwen2 as random_qwen2

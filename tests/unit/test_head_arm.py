@@ -7,13 +7,13 @@ import pytest
 import torch
 from test_engine_sampling import chi_square_p  # tests/unit is on sys.path under pytest
 
-from metasd_train.data.draft_vocab import token_counts
 from metasd_train.decoding.arms import ModelArm, NgramArm
 from metasd_train.decoding.engine import SpecEngine
 from metasd_train.decoding.head_arm import HeadArm
 from metasd_train.decoding.sampling import SamplingParams
-from metasd_train.distill.head_module import build_head
+from metasd_train.models.draft_vocab import token_counts
 from metasd_train.models.drafters import truncated
+from metasd_train.models.head import build_head
 from metasd_train.models.random_init import tiny_llama
 
 V = 32

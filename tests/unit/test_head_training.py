@@ -8,9 +8,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from metasd_train.data.datamodule import collate, to_example
-from metasd_train.data.draft_vocab import token_counts
-from metasd_train.distill.head_module import HeadDistillModule, Targets, build_head
-from metasd_train.export.head import load_head, save_head
+from metasd_train.distill.head_module import HeadDistillModule, Targets
+from metasd_train.models.draft_vocab import token_counts
+from metasd_train.models.head import build_head
+from metasd_train.models.head_io import load_head, save_head
 from metasd_train.models.random_init import tiny_llama
 
 VOCAB, DRAFT_VOCAB = 32, 24

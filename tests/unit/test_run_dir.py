@@ -12,7 +12,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from metasd_train.atomic import atomic_dir, write_text
-from metasd_train.config import compose
+from metasd_train.compose import compose
 from metasd_train.errors import UserError
 from metasd_train.pipeline import lock as lock_module
 from metasd_train.pipeline.run_dir import RunDir
