@@ -20,13 +20,7 @@ def tiny_qwen2():
     return random_qwen2(48, 6, 32, num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny ops thrash on two threads of two shared cores (conftest keeps two outside xdist)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TARGETS = {"llama": lambda: tiny_llama(vocab_size=40, layers=6, hidden=32), "qwen2": tiny_qwen2}

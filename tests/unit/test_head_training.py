@@ -17,13 +17,7 @@ from metasd_train.models.random_init import tiny_llama
 VOCAB, DRAFT_VOCAB = 32, 24
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny ops thrash on two threads of two shared cores (conftest keeps two outside xdist)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
