@@ -12,7 +12,6 @@ from pathlib import Path
 class Family:
     module: Callable  # (student, teacher, domains, distill_cfg, drafter_cfg, lr, steps) -> LightningModule
     save: Callable  # (student, folder, tokenizer) -> None
-    monitor: str | None = None  # validation metric (higher is better) that picks the checkpoint kept
 
 
 def _model_module(student, teacher, domains, c, d, lr, steps):
@@ -49,5 +48,5 @@ def _save_head(student, folder: Path, tokenizer) -> None:
 
 FAMILIES: dict[str, Family] = {
     "model": Family(_model_module, _save_model),
-    "head": Family(_head_module, _save_head, monitor="val/accept_len/all"),
+    "head": Family(_head_module, _save_head),
 }
