@@ -58,7 +58,7 @@ def timing(engine) -> LogTiming:
     t = None
     if ranks.is_zero():
         t = LogTiming(
-            engine.calibrate(),
+            engine.t_step or engine.calibrate(),  # warmup() has timed it already
             engine.forward_seconds(engine.target, engine.max_block),
             engine.max_block,
             [engine.draft_seconds(i) for i in range(len(engine.arms))],
