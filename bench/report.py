@@ -79,6 +79,26 @@ def table(b: Bench) -> list[str]:
     return lines
 
 
+def breakdown(b: Bench) -> list[str]:
+    """Where a round's time goes, per configuration (all prompts): milliseconds per round by phase."""
+    rows = [(n, r.summary["all"]["round_ms"]) for n, r in b.results.items() if "round_ms" in r.summary["all"]]
+    if not rows:
+        return []
+    phases = ("draft", "verify", "idle", "bandit", "host", "round")
+    lines = [
+        "",
+        "Where a round's time goes (ms per round, all prompts; draft and verify timed on the device with CUDA "
+        "events, host = the rest of the wall time: commit, bookkeeping, launches the device waited for):",
+        "",
+        "| config | " + " | ".join(phases) + " | τ |",
+        "|---|" + "---|" * (len(phases) + 1),
+    ]
+    for name, ms in rows:
+        tau = b.results[name].summary["all"]["tau"]
+        lines.append(f"| {label(b, name)} | " + " | ".join(f"{ms[p]:.3f}" for p in phases) + f" | {tau:.2f} |")
+    return lines
+
+
 def markdown(b: Bench, m: dict) -> str:
     a = b.args
     head = [
@@ -92,7 +112,7 @@ def markdown(b: Bench, m: dict) -> str:
         f"Greedy outputs differing from {m['baseline']} (same dtype): {json.dumps(m['greedy_mismatches_vs_baseline'])}.",
         "",
     ]
-    return "\n".join(head + table(b) + ["", "Notes: " + json.dumps(b.notes)]) + "\n"
+    return "\n".join(head + table(b) + breakdown(b) + ["", "Notes: " + json.dumps(b.notes)]) + "\n"
 
 
 def write_results(b: Bench, out: Path, total_s: float) -> dict:

@@ -131,6 +131,7 @@ class BanditConfig:
     prior_strength: float = 1.0  # weight of the logged on-policy rounds in the warm start (0 = cold start)
     feedback: str = "bandit"  # bandit | full (score idle drafters on the committed tokens too)
     reset_per_request: bool = False  # paper mode: forget online updates between requests
+    sleeping: bool = True  # choose only among arms with a proposal this round (an n-gram without a match sits out)
     fixed_arm: str = ""  # arm name for policy=fixed
     seed: int = 0
 

@@ -38,9 +38,12 @@ class BanditChooser:
         featurizer: Featurizer | None = None,
         reset_per_request: bool = False,
         feedback: str = "bandit",
+        sleeping: bool = False,
     ):
         check_feedback(feedback)
         self.policy, self.reward, self.featurizer = policy, reward, featurizer
+        self.sleeping = sleeping and policy.sleeping  # the engine tells select() which arms are asleep
+        self.skip_empty = sleeping  # a round whose arm proposed nothing teaches nothing
         self.score = reward_fn(reward)
         self.reset_per_request, self.feedback = reset_per_request, feedback
         self.costs = DraftCosts(policy.n_arms)
@@ -51,15 +54,17 @@ class BanditChooser:
             self.policy.reset()
         self.x = self.featurizer(ctx.features) if (self.featurizer and self.policy.contextual) else None
 
-    def select(self, ctx) -> int:
-        return self.policy.select(self.x)
+    def select(self, ctx, asleep: frozenset[int] = frozenset()) -> int:
+        return self.policy.select(self.x, asleep)
 
     def observe(self, ctx, record) -> None:
         """One round's feedback: `record` is the engine's RoundRecord (decoding/records.py)."""
         self.costs.observe(record.arm, record.t_draft, record.drafted)
+        if self.skip_empty and record.drafted == 0:
+            return
         rewards = {record.arm: self.score(chosen_outcome(record))}
         if self.feedback == "full":
-            for arm, idle in record.idle.items():
+            for arm, idle in record.idle.items():  # the engine scores no arm that was asleep
                 rewards[arm] = self.score(idle_outcome(record, idle, self.costs.per_token(arm)))
         self.policy.observe(rewards, record.arm, self.x)
 
@@ -71,7 +76,8 @@ def build_chooser(
     policy: Policy | None = None,
     dim: int = 16,
 ) -> BanditChooser:
-    """A chooser as a BanditConfig-like mapping describes it (policy, reward, feedback, reset_per_request).
+    """A chooser as a BanditConfig-like mapping describes it (policy, reward, feedback, reset_per_request,
+    sleeping).
 
     `policy` (e.g. a loaded, warm-started one) replaces building `cfg["policy"]` afresh.
     """
@@ -83,6 +89,7 @@ def build_chooser(
         featurizer,
         bool(cfg.get("reset_per_request", False)),
         str(cfg.get("feedback", "bandit")),
+        bool(cfg.get("sleeping", False)),
     )
 
 

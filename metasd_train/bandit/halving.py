@@ -36,7 +36,7 @@ class SequentialHalving(Policy):
         self.queue = [a for _ in range(per_arm) for a in self.alive]
         self.phase.zero_()
 
-    def select(self, x=None) -> int:
+    def select(self, x=None, asleep=frozenset()) -> int:
         return self.alive[0] if len(self.alive) == 1 else self.queue[0]
 
     def observe(self, rewards: dict[int, float], chosen: int, x=None) -> None:

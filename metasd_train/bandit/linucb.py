@@ -16,6 +16,7 @@ class LinUCB(Policy):
     """
 
     contextual = True
+    sleeping = True
 
     def __init__(self, n_arms: int, dim: int, beta: float = 1.0, ridge: float = 1.0, seed: int = 0):
         super().__init__(n_arms, seed)
@@ -39,10 +40,12 @@ class LinUCB(Policy):
         width = np.sqrt(np.maximum(np.einsum("i,...ij,j->...", xn, A, xn), 0.0))
         return theta_x + self.beta * width
 
-    def select(self, x=None) -> int:
+    def select(self, x=None, asleep=frozenset()) -> int:
         if self._scores is None or x is not self._key:
             self._key, self._xn = x, self._numpy(x)
             self._scores = self._score(self._xn)
+        if (awake := self._awake(asleep)) is not None:
+            return int(np.argmax(np.where(awake, self._scores, -np.inf)))
         return int(np.argmax(self._scores))
 
     def observe(self, rewards: dict[int, float], chosen: int, x=None, weight: float = 1.0) -> None:

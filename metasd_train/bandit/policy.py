@@ -18,9 +18,15 @@ class Policy:
 
     `observe(rewards, chosen, x)` takes one round's feedback: the chosen arm's reward and, under full
     information, the idle arms' too. `t` counts rounds, the prior's pseudo-rounds included.
+
+    Sleeping arms (Kleinberg et al. 2010): `select(x, asleep)` gets the arms that have nothing to
+    propose this round (an n-gram arm without a match) and, where `sleeping` is True, chooses among
+    the others, so such an arm is judged only on the rounds it can play. Policies with
+    `sleeping = False` (fixed arm, round robin, halving) ignore it.
     """
 
     contextual = False
+    sleeping = False
 
     def __init__(self, n_arms: int, seed: int = 0):
         self.n_arms, self.seed = n_arms, seed
@@ -49,8 +55,16 @@ class Policy:
         m = self._means()
         return np.maximum(self._q / np.maximum(self._n, 1e-12) - m * m, 0.0)
 
-    def select(self, x: torch.Tensor | None = None) -> int:
+    def select(self, x: torch.Tensor | None = None, asleep: frozenset[int] = frozenset()) -> int:
         raise NotImplementedError
+
+    def _awake(self, asleep: frozenset[int]) -> np.ndarray | None:
+        """Bool mask of the arms that may be chosen this round; None when every arm may (or none is awake)."""
+        if not asleep or len(asleep) >= self.n_arms:
+            return None
+        mask = np.ones(self.n_arms, dtype=bool)
+        mask[list(asleep)] = False
+        return mask
 
     def observe(self, rewards: dict[int, float], chosen: int, x: torch.Tensor | None = None) -> None:
         """One round: `rewards` maps arms to rewards (the chosen arm, plus idle arms under full information)."""

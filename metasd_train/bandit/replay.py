@@ -41,8 +41,9 @@ def by_request(rows: list[dict]) -> dict[int, dict]:
     return out
 
 
-def record_of(req: dict, arm: int, pos: int, index: int, full: bool = False) -> RoundRecord:
-    """The logged round of `arm` at `pos` as the engine's RoundRecord; idle arms scored on its committed tokens."""
+def record_of(req: dict, arm: int, pos: int, index: int, full: bool = False, asleep=frozenset()) -> RoundRecord:
+    """The logged round of `arm` at `pos` as the engine's RoundRecord; idle arms (not asleep) scored
+    on its committed tokens."""
     r = req["arms"][arm][pos]
     seconds = r["t_draft"] + r["t_verify"]
     idle = {}
@@ -51,7 +52,7 @@ def record_of(req: dict, arm: int, pos: int, index: int, full: bool = False) -> 
         for j, by_pos in req["arms"].items():
             o = by_pos[pos]
             width = min(o["drafted"], committed)  # an idle arm is scored on the committed tokens only
-            if j != arm and width > 0:
+            if j != arm and width > 0 and j not in asleep:
                 idle[j] = IdleScore(width, min(o["accepted"], width), o["divergence"])
     return RoundRecord(
         index, arm, r.get("arm_name", str(arm)), r["drafted"], r["accepted"], r["divergence"], r["t_draft"],
@@ -63,13 +64,21 @@ def features_of(req: dict) -> torch.Tensor | None:
     return torch.tensor(req["features"], dtype=torch.float64) if req["features"] else None
 
 
+def asleep_at(req: dict, pos: int) -> frozenset[int]:
+    """The arms with nothing to propose at `pos` (as the engine asks a sleeping chooser)."""
+    if pos >= req["length"] - 1:
+        return frozenset()
+    return frozenset(a for a, by_pos in req["arms"].items() if by_pos[pos]["drafted"] == 0)
+
+
 def walk(req: dict, chooser: BanditChooser, full: bool = False) -> list[RoundRecord]:
     """Decode one logged request as the engine would with `chooser`; its rounds."""
     ctx = ReplayContext(features_of(req))
     chooser.begin(ctx)
     pos, out = 0, []
     while pos < req["length"]:
-        rec = record_of(req, chooser.select(ctx), pos, ctx.round, full)
+        asleep = asleep_at(req, pos) if chooser.sleeping else frozenset()
+        rec = record_of(req, chooser.select(ctx, asleep), pos, ctx.round, full, asleep)
         if rec.could_draft:
             chooser.observe(ctx, rec)
         out.append(rec)
@@ -117,9 +126,10 @@ def replay(
     persist: bool = True,
     reset_per_request: bool = False,
     feedback: str = "bandit",
+    sleeping: bool = False,
 ) -> dict[str, dict[str, float]]:
     """Replay a policy (built by `policy()`) inside a BanditChooser; per-domain τ and tokens/s."""
-    make = lambda: BanditChooser(policy(), reward, featurizer, reset_per_request, feedback)  # noqa: E731
+    make = lambda: BanditChooser(policy(), reward, featurizer, reset_per_request, feedback, sleeping)  # noqa: E731
     return summary(play(requests, make, persist, full=feedback == "full"))
 
 

@@ -61,10 +61,12 @@ class Candidate:
     feedback: str = "bandit"
     paper: bool = False  # reset_per_request
     warm: bool = True
+    sleeping: bool = False  # bandit.sleeping: arms without a proposal sit the round out
 
     @property
     def name(self) -> str:
-        return f"{self.policy}/{self.reward}/{self.feedback}/{'paper' if self.paper else 'persistent'}"
+        mode = f"{self.policy}/{self.reward}/{self.feedback}/{'paper' if self.paper else 'persistent'}"
+        return mode + ("/sleeping" if self.sleeping else "")
 
 
 CANDIDATES = (
@@ -79,19 +81,23 @@ CANDIDATES = (
     Candidate("ucb_elim", paper=True),
     Candidate("hedge", feedback="full"),
     Candidate("linucb"),
+    Candidate("ucb_elim", sleeping=True),
+    Candidate("ucb_elim", paper=True, sleeping=True),
+    Candidate("thompson", sleeping=True),
+    Candidate("hedge", feedback="full", sleeping=True),
 )
 
-DEFAULT = Candidate("ucb_elim")  # what compare() + pick() chose; BanditConfig's default
+DEFAULT = Candidate("ucb_elim", sleeping=True)  # what compare() + pick() chose; BanditConfig's default
 
 
-def sim_prior(s: Scenario, reward: str, seed: int, requests: int = 2) -> torch.Tensor:
+def sim_prior(s: Scenario, reward: str, seed: int, requests: int = 2, sleeping: bool = False) -> torch.Tensor:
     """[C, 3, K] on-policy pseudo-observations per category from a separate simulated log (each arm
     fixed over `requests` requests of each category, as warmstart.py replays the real log)."""
     k, cats = len(s.arms), s.categories
     out = torch.zeros(len(cats), 3, k, dtype=torch.float64)
     for c, cat in enumerate(cats):
         for arm in range(k):
-            chooser = BanditChooser(FixedArm(k, arm), reward)
+            chooser = BanditChooser(FixedArm(k, arm), reward, sleeping=sleeping)
             SimEngine(Scenario(s.arms, s.repeat, (cat,) * requests, s.tokens), seed=10_000 + seed).run(chooser)
             out[c, :, arm] = chooser.policy.stats[:, arm]
     return out
@@ -102,13 +108,13 @@ def play(c: Candidate, s: Scenario, seed: int, cfg: dict | None = None):
     k, dim = len(s.arms), len(s.categories)
     policy = make_policy(c.policy, k, {"seed": seed, **(cfg or {})}, dim=dim, arm_names=[a.name for a in s.arms])
     if c.warm:
-        prior = sim_prior(s, c.reward, seed)  # [C, 3, K]
+        prior = sim_prior(s, c.reward, seed, sleeping=c.sleeping)  # [C, 3, K]
         if c.policy == "linucb":  # one row per (category, arm) on the category's one-hot context
             xs, arms = torch.eye(dim).repeat_interleave(k, 0), torch.arange(k).repeat(dim)
             counts, sums = prior[:, 0].reshape(-1), prior[:, 1].reshape(-1)
             policy.fit(xs, arms, sums / counts.clamp_min(1e-12), counts)
         policy.set_prior(*prior.sum(0))
-    chooser = BanditChooser(policy, c.reward, (lambda f: f), c.paper, c.feedback)
+    chooser = BanditChooser(policy, c.reward, (lambda f: f), c.paper, c.feedback, c.sleeping)
     return SimEngine(s, seed, full_feedback=c.feedback == "full").run(chooser)
 
 

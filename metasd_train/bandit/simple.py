@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from metasd_train.bandit.policy import Policy
@@ -16,7 +17,7 @@ class FixedArm(Policy):
             raise ValueError(f"fixed arm {arm} is out of range for {n_arms} arms")
         self.arm = arm
 
-    def select(self, x=None) -> int:
+    def select(self, x=None, asleep=frozenset()) -> int:
         return self.arm
 
     def state_dict(self):
@@ -28,13 +29,16 @@ class FixedArm(Policy):
 
 
 class RoundRobin(Policy):
-    def select(self, x=None) -> int:
+    def select(self, x=None, asleep=frozenset()) -> int:
         return int(self.t) % self.n_arms
 
 
 class RandomArm(Policy):
-    def select(self, x=None) -> int:
-        return int(torch.randint(self.n_arms, (1,), generator=self.gen))
+    sleeping = True
+
+    def select(self, x=None, asleep=frozenset()) -> int:
+        awake = [a for a in range(self.n_arms) if a not in asleep] or list(range(self.n_arms))
+        return awake[int(torch.randint(len(awake), (1,), generator=self.gen))]
 
 
 class Thompson(Policy):
@@ -44,7 +48,11 @@ class Thompson(Policy):
         super().__init__(n_arms, seed)
         self.sigma = sigma
 
-    def select(self, x=None) -> int:
+    sleeping = True
+
+    def select(self, x=None, asleep=frozenset()) -> int:
         std = self.sigma / torch.sqrt(self.counts + 1)
-        draw = self.means + std * torch.randn(self.n_arms, generator=self.gen, dtype=torch.float64)
-        return int(torch.argmax(draw))
+        draw = (self.means + std * torch.randn(self.n_arms, generator=self.gen, dtype=torch.float64)).numpy()
+        if (awake := self._awake(asleep)) is not None:
+            draw = np.where(awake, draw, -np.inf)
+        return int(np.argmax(draw))

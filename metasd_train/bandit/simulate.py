@@ -99,10 +99,12 @@ class SimEngine:
 
     def round(self, cat: str, chooser, ctx, pos: int, room: int) -> int:
         """One round at token position `pos`; returns the tokens it commits."""
-        t0 = time.perf_counter()
-        i = chooser.select(ctx)
-        wall = time.perf_counter() - t0
         outcomes = [self._outcome(j, cat, pos, room) for j in range(len(self.s.arms))]
+        sleeping = getattr(chooser, "sleeping", False)
+        asleep = frozenset(j for j, o in enumerate(outcomes) if o[0] == 0 and room > 0) if sleeping else frozenset()
+        t0 = time.perf_counter()
+        i = chooser.select(ctx, asleep) if asleep else chooser.select(ctx)
+        wall = time.perf_counter() - t0
         (k, n, div, noise), arm = outcomes[i], self.s.arms[i]
         catchup = arm.cost if (not arm.ngram and not self.full and self.last != i) else 0.0
         t_draft, t_verify = noise * (arm.cost * k + catchup), noise * (VERIFY + VERIFY_PER_TOKEN * k)
@@ -110,7 +112,7 @@ class SimEngine:
         if self.full:
             for j, (kj, nj, dj, _) in enumerate(outcomes):
                 width = min(n + 1, self.s.arms[j].gamma)
-                if j != i and width > 0:
+                if j != i and width > 0 and j not in asleep:
                     idle[j] = IdleScore(width, min(nj, kj, width), dj)
                     t_idle += 0.0 if self.s.arms[j].ngram else self.s.arms[j].cost
         t_round = t_draft + t_verify + noise * OVERHEAD + t_idle

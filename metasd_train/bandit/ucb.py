@@ -21,11 +21,16 @@ class UCB(Policy):
         super().__init__(n_arms, seed)
         self.beta = beta
 
-    def select(self, x=None) -> int:
-        if (arm := self._untried()) is not None:
-            return arm
-        bonus = self.beta * np.sqrt(2 * math.log(max(self.t, 1.0)) / self._n)
-        return int(np.argmax(self._means() + bonus))
+    sleeping = True
+
+    def select(self, x=None, asleep=frozenset()) -> int:
+        awake = self._awake(asleep)
+        untried = self._n <= 0 if awake is None else (self._n <= 0) & awake
+        if untried.any():
+            return int(np.argmax(untried))
+        bonus = self.beta * np.sqrt(2 * math.log(max(self.t, 1.0)) / np.maximum(self._n, 1e-12))
+        index = self._means() + bonus
+        return int(np.argmax(index if awake is None else np.where(awake, index, -np.inf)))
 
 
 class EliminationUCB(Policy):
@@ -61,38 +66,58 @@ class EliminationUCB(Policy):
         self.cusum = torch.zeros(n_arms, dtype=torch.float64)
         self._alive, self._g = self.alive.numpy(), self.cusum.numpy()
         self.shifts = 0
+        self.sleepers: set[int] = set()  # arms seen asleep (kept across resets: a property of the arm)
 
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
         """(lower, upper) confidence bounds per arm; arms never observed get (-inf, inf)."""
-        n = np.maximum(self._n, 1e-12)
-        mean = self._s / n
-        v = np.maximum(self._q / n - mean * mean, self.var_floor)
-        log_t = math.log(max(self.t, 2.0))
-        width = self.beta * (np.sqrt(2 * log_t * v / n) + self.c * log_t / n)
-        width[self._n <= 0] = np.inf
+        n, sums, sq = self._n.tolist(), self._s.tolist(), self._q.tolist()
+        lo, hi = zip(*(self._bound(n[a], sums[a], sq[a], math.log(max(self.t, 2.0))) for a in range(self.n_arms)))
+        return np.array(lo), np.array(hi)
+
+    def _bound(self, n: float, s: float, q: float, log_t: float) -> tuple[float, float]:
+        # plain floats: a round's selection is a few scalar operations per live arm, cheaper than NumPy calls
+        if n <= 0:
+            return -math.inf, math.inf
+        mean = s / n
+        v = max(q / n - mean * mean, self.var_floor)
+        width = self.beta * (math.sqrt(2 * log_t * v / n) + self.c * log_t / n)
         return mean - width, mean + width
 
-    def select(self, x=None) -> int:
-        alive = self._alive > 0
-        untried = alive & (self._n <= 0)
-        if untried.any():
-            return int(np.argmax(untried))
-        lo, hi = self.bounds()
-        out = alive & (hi < np.max(np.where(alive, lo, -np.inf))) & (self._n >= self.min_count)
-        if out.any():
-            self._alive[out] = 0.0
-            alive &= ~out
-        return int(np.argmax(np.where(alive, hi, -np.inf)))
+    def select(self, x=None, asleep=frozenset()) -> int:
+        """The awake, live arm with the highest upper bound, after eliminating ruled-out arms.
+
+        Only arms that never sleep set the elimination bar: an arm judged on the rounds it can play
+        (an n-gram with a match) must not rule out the arms that play the rounds it cannot.
+        """
+        self.sleepers.update(asleep)
+        live = [a for a in range(self.n_arms) if self._alive[a] > 0]
+        awake = [a for a in live if a not in asleep]
+        if not awake:  # every live arm is asleep: the best awake arm, eliminated or not
+            live = awake = [a for a in range(self.n_arms) if a not in asleep] or list(range(self.n_arms))
+        n, sums, sq = self._n.tolist(), self._s.tolist(), self._q.tolist()
+        for a in awake:
+            if n[a] <= 0:
+                return a
+        log_t = math.log(max(self.t, 2.0))
+        b = {a: self._bound(n[a], sums[a], sq[a], log_t) for a in live}
+        bar = max((b[a][0] for a in live if a not in self.sleepers), default=-math.inf)
+        out = [a for a in live if b[a][1] < bar and n[a] >= self.min_count and self._alive[a] > 0]
+        for a in out:
+            self._alive[a] = 0.0
+        pool = [a for a in awake if a not in out] or awake
+        return max(pool, key=lambda a: b[a][1])
+
+    sleeping = True
 
     def observe(self, rewards: dict[int, float], chosen: int, x=None) -> None:
         shift = False
         if self.shift_threshold > 0:
             for arm, r in rewards.items():
-                n = self._n[arm]
+                n = float(self._n[arm])
                 if n >= self.min_count:
-                    mean = self._s[arm] / n
-                    std = max(self._q[arm] / n - mean * mean, self.var_floor) ** 0.5
-                    g = max(0.0, self._g[arm] + (mean - r) / std - self.shift_delta)
+                    mean = float(self._s[arm]) / n
+                    std = max(float(self._q[arm]) / n - mean * mean, self.var_floor) ** 0.5
+                    g = max(0.0, float(self._g[arm]) + (mean - r) / std - self.shift_delta)
                     self._g[arm] = g
                     shift |= g > self.shift_threshold and self._alive[arm] > 0
         super().observe(rewards, chosen, x)

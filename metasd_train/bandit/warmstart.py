@@ -31,12 +31,14 @@ class ArmRounds:
     sumsq: float
 
 
-def on_policy(requests: dict[int, dict], n_arms: int, reward: str) -> list[ArmRounds]:
-    """Per (request, arm): the rounds that arm plays when it drafts the whole request, scored by `reward`."""
+def on_policy(requests: dict[int, dict], n_arms: int, reward: str, sleeping: bool = False) -> list[ArmRounds]:
+    """Per (request, arm): the rounds that arm plays when it drafts the whole request, scored by `reward`;
+    with `sleeping`, only the rounds it had a proposal for (a sleeping chooser never plays the others)."""
     score, out = reward_fn(reward), []
     for rid, req in requests.items():
         for arm in range(n_arms):
-            rs = [score(chosen_outcome(r)) for r in walk(req, BanditChooser(FixedArm(n_arms, arm))) if r.could_draft]
+            rounds = walk(req, BanditChooser(FixedArm(n_arms, arm)))
+            rs = [score(chosen_outcome(r)) for r in rounds if r.could_draft and (r.drafted > 0 or not sleeping)]
             out.append(ArmRounds(rid, arm, len(rs), sum(rs), sum(r * r for r in rs)))
     return out
 
@@ -69,11 +71,12 @@ def warm_start(
     reward: str,
     weight: float = 1.0,
     featurizer: Featurizer | None = None,
+    sleeping: bool = False,
 ) -> None:
     """Set `policy`'s prior from the log (LinUCB: a weighted ridge fit; others: pseudo-counts)."""
     if weight <= 0 or not requests:
         return
-    stats = on_policy(requests, policy.n_arms, reward)
+    stats = on_policy(requests, policy.n_arms, reward, sleeping and policy.sleeping)
     if isinstance(policy, LinUCB):
         if featurizer is None:
             raise ValueError("a LinUCB warm start needs the featurizer")

@@ -22,8 +22,16 @@ class _Weights(Policy):
         w = np.exp(self._lw - self._lw.max())
         return w / w.sum()
 
-    def select(self, x=None) -> int:
-        self._probs = self.probs()
+    sleeping = True
+
+    def select(self, x=None, asleep=frozenset()) -> int:
+        """Draw from the weights renormalised over the awake arms (sleeping experts)."""
+        probs = self.probs()
+        if (awake := self._awake(asleep)) is not None:
+            probs = np.where(awake, probs, 0.0)
+            total = probs.sum()
+            probs = probs / total if total > 0 else awake / awake.sum()
+        self._probs = probs
         u = float(torch.rand((), generator=self.gen, dtype=torch.float64))
         return min(int(np.searchsorted(np.cumsum(self._probs), u, side="right")), self.n_arms - 1)
 

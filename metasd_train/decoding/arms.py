@@ -28,9 +28,18 @@ class Sequence:
 
 
 class Arm:
-    """What the engine needs of a drafter; the defaults suit arms that keep no cache (n-gram, none)."""
+    """What the engine needs of a drafter; the defaults suit arms that keep no cache (n-gram, none).
+
+    `may_sleep` arms can have nothing to propose in a round; a sleeping chooser asks `proposes`
+    before it chooses (bandit/chooser.py), so it picks among the arms that do.
+    """
 
     kind, name, gamma = "none", "arm", 0
+    may_sleep = False
+
+    def proposes(self, seq: Sequence, k: int) -> bool:
+        """Whether `draft(seq, k, ...)` would propose at least one token."""
+        return k > 0
 
     def runtime(self, engine):
         """Per-engine state (caches) this arm drafts with; the engine hands it back through bind()."""
@@ -113,6 +122,11 @@ class ModelArm(Arm):
 class NoDraftArm(Arm):
     """Drafts nothing, so every round is one target token: the engine as a plain (fast) decoder."""
 
+    may_sleep = True
+
+    def proposes(self, seq: Sequence, k: int) -> bool:
+        return False
+
     def __init__(self, name: str = "target_only", vocab_size: int = 0):
         self.name, self.vocab_size = name, vocab_size
 
@@ -123,19 +137,62 @@ class NoDraftArm(Arm):
         return torch.zeros(seq.length - start, self.vocab_size, device=seq.ids.device)
 
 
+class NgramIndex:
+    """The latest end of every n-gram (min_n <= n <= max_n) of one growing token list, kept up to date
+    incrementally, so a lookup costs O(max_n) instead of a scan of the whole sequence."""
+
+    def __init__(self, min_n: int, max_n: int):
+        self.sizes = range(max(min_n, 1), max_n + 1)
+        self.reset()
+
+    def reset(self) -> None:
+        self.ends: dict[tuple[int, ...], int] = {}  # n-gram -> exclusive end of its latest occurrence
+        self.indexed, self.host = 0, None
+
+    def lookup(self, host: list[int], k: int) -> list[int]:
+        """Same as NgramArm.lookup(host, k): n-grams ending before the last token are the candidates."""
+        if host is not self.host or len(host) < self.indexed:  # another sequence: start over
+            self.reset()
+            self.host = host
+        n_tokens = len(host)
+        for end in range(self.indexed + 1, n_tokens):  # index every n-gram that ends at or before n_tokens - 1
+            for n in self.sizes:
+                if end >= n:
+                    self.ends[tuple(host[end - n : end])] = end
+        self.indexed = max(self.indexed, n_tokens - 1)
+        for n in reversed(self.sizes):
+            if n <= n_tokens - 1 and (end := self.ends.get(tuple(host[n_tokens - n :]))) is not None:
+                return host[end : end + k]
+        return []
+
+
 class NgramArm(Arm):
     """Training-free prompt lookup: continue the latest earlier occurrence of the trailing n-gram."""
 
     kind = "ngram"
+    may_sleep = True
 
     def __init__(
         self, name: str = "ngram", vocab_size: int = 0, gamma: int = 4, max_ngram: int = 3, min_ngram: int = 1
     ):
         self.name, self.gamma, self.vocab_size = name, gamma, vocab_size
         self.max_ngram, self.min_ngram = max_ngram, min_ngram
+        self.index = NgramIndex(min_ngram, max_ngram)
+        self._peeked: tuple[int, int, list[int]] | None = None  # (length, k, proposal) of the last `proposes`
+
+    def runtime(self, engine) -> NgramIndex:
+        return NgramIndex(self.min_ngram, self.max_ngram)
+
+    def bind(self, runtime) -> None:
+        self.index = runtime
+
+    def reset(self) -> None:
+        self.index.reset()
+        self._peeked = None
 
     def lookup(self, host: list[int], k: int) -> list[int]:
-        """Tokens that followed the most recent earlier match of the longest trailing n-gram."""
+        """Tokens that followed the most recent earlier match of the longest trailing n-gram (a scan:
+        the reference the incremental NgramIndex is tested against)."""
         n_tokens = len(host)
         for n in range(min(self.max_ngram, n_tokens - 1), self.min_ngram - 1, -1):
             tail = host[n_tokens - n :]
@@ -144,8 +201,18 @@ class NgramArm(Arm):
                     return host[start + n : start + n + k]
         return []
 
+    def _proposal(self, seq: Sequence, k: int) -> list[int]:
+        if self._peeked is not None and self._peeked[:2] == (seq.length, k):
+            return self._peeked[2]
+        tokens = self.index.lookup(seq.host, k) if k > 0 else []
+        self._peeked = (seq.length, k, tokens)
+        return tokens
+
+    def proposes(self, seq: Sequence, k: int) -> bool:
+        return bool(self._proposal(seq, k))
+
     def draft(self, seq: Sequence, k: int, params: SamplingParams, early_stop: float = 0.0, generator=None):
-        tokens = self.lookup(seq.host, k) if k > 0 else []
+        tokens = self._proposal(seq, k)
         ids = torch.tensor(tokens, dtype=torch.long, device=seq.ids.device)
         return ids, torch.nn.functional.one_hot(ids, self.vocab_size).float()  # q is one-hot
 

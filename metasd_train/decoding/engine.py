@@ -42,10 +42,13 @@ class RoundContext:
 
 
 class Chooser:
-    """What the engine needs of a bandit policy (see metasd_train.bandit.chooser)."""
+    """What the engine needs of a bandit policy (see metasd_train.bandit.chooser). A chooser with
+    `sleeping = True` is told, each round, which arms have nothing to propose."""
+
+    sleeping = False
 
     def begin(self, ctx: RoundContext) -> None: ...
-    def select(self, ctx: RoundContext) -> int: ...
+    def select(self, ctx: RoundContext, asleep: frozenset[int] = frozenset()) -> int: ...
     def observe(self, ctx: RoundContext, record: RoundRecord) -> None: ...
 
 
@@ -85,6 +88,7 @@ class SpecEngine:
         self.feature_layers = feature_layers(arms)
         self.target = self.make_lm(target, self.feature_layers)
         self.runtimes = {i: arm.runtime(self) for i, arm in enumerate(arms)}  # this engine's caches per arm
+        self.sleepers = [i for i, arm in enumerate(arms) if arm.may_sleep]
         self.generator: torch.Generator | None = None
         self.t_step: float | None = None
 
@@ -204,11 +208,12 @@ class SpecEngine:
 
     def step(self, seq: Sequence, ctx: RoundContext, chooser: Chooser, limit: int) -> tuple[RoundRecord, list[int]]:
         """One round: choose, draft, verify, one sync and commit, feedback; returns the new tokens."""
-        t0 = time.perf_counter()
-        i = chooser.select(ctx)
+        t0, room = time.perf_counter(), limit - seq.length - 1
+        asleep = self._asleep(seq, room) if getattr(chooser, "sleeping", False) else frozenset()
+        i = chooser.select(ctx, asleep) if asleep else chooser.select(ctx)
         t_bandit = time.perf_counter() - t0
         arm, L, watch = self.arms[i], seq.length, Stopwatch(self.device)
-        allowed = min(arm.gamma, limit - L - 1)
+        allowed = min(arm.gamma, room)
         draft, q = arm.draft(seq, allowed, self.params, self.early_stop, self.generator)
         watch.mark("draft")
         n, nxt, div, p = self._verify(seq, draft, q)
@@ -216,7 +221,7 @@ class SpecEngine:
         n, div, new = self._sync(n, nxt, div, draft)
         self.target.rewind(L + n)
         arm.commit(L + n)
-        idle = self._score_idle(seq, new, p, i) if self.full_feedback else {}
+        idle = self._score_idle(seq, new, p, i, asleep) if self.full_feedback else {}
         watch.mark("idle")
         times = watch.durations()
         rec = RoundRecord(
@@ -229,15 +234,19 @@ class SpecEngine:
             rec.t_bandit += time.perf_counter() - t1
         return rec, new
 
+    def _asleep(self, seq: Sequence, room: int) -> frozenset[int]:
+        """The arms with nothing to propose this round (an n-gram arm without a match)."""
+        return frozenset(j for j in self.sleepers if not self.arms[j].proposes(seq, min(self.arms[j].gamma, room)))
+
     def _verify(self, seq: Sequence, draft: torch.Tensor, q: torch.Tensor):
         """The target's forward over [last committed token, draft]; accepted count, next token, divergence."""
         L, k = seq.length, draft.shape[0]
         logits = self.target.forward(torch.cat([seq.ids[L - 1 : L], draft]))  # [k+1, V]
+        if self.params.greedy:  # no distributions needed, unless idle arms are scored against p
+            n, nxt, div = verify_greedy(logits, draft)
+            return n, nxt, div, (logits_to_probs(logits, self.params) if self.full_feedback else None)
         p = logits_to_probs(logits, self.params)
-        if self.params.greedy:
-            n, nxt = verify_greedy(logits, draft)
-        else:
-            n, nxt = verify_sampling(p, q, draft, self.generator)
+        n, nxt = verify_sampling(p, q, draft, self.generator)
         return n, nxt, block_divergence(p[:k], q), p
 
     @staticmethod
@@ -247,8 +256,10 @@ class SpecEngine:
         n = int(host[0])
         return n, host[2], [int(t) for t in host[3 : 3 + n]] + [int(host[1])]
 
-    def _score_idle(self, seq: Sequence, new: list[int], p: torch.Tensor, chosen: int) -> dict[int, IdleScore]:
-        """Full-information feedback: every idle arm on the committed tokens of this round, alike."""
+    def _score_idle(
+        self, seq: Sequence, new: list[int], p: torch.Tensor, chosen: int, asleep: frozenset[int] = frozenset()
+    ) -> dict[int, IdleScore]:
+        """Full-information feedback: every idle arm that was awake, on the committed tokens of this round, alike."""
         L = seq.length
         scratch = Sequence(seq.ids, seq.host + new)  # committed view, not yet extended
         scratch.ids[L : L + len(new)] = torch.tensor(new, device=seq.ids.device)
@@ -256,7 +267,7 @@ class SpecEngine:
         scores = {}
         for j, arm in enumerate(self.arms):
             width = min(len(new), arm.gamma)
-            if j == chosen or width == 0:
+            if j == chosen or width == 0 or j in asleep:
                 continue
             q = arm.score(scratch, L, self.params)[:width]
             scores[j] = (width, accepted_count(p[:width], q, committed[:width], self.params.greedy),

@@ -64,9 +64,23 @@ class Generation:
             "acceptance": sum(r.accepted for r in drafted) / max(sum(r.drafted for r in drafted), 1),
             "arm_share": {k: v / n for k, v in shares.items()},
             "bandit_share": sum(r.t_bandit for r in self.rounds) / max(sum(r.t_round for r in self.rounds), 1e-9),
+            "round_seconds": round_breakdown(self.rounds),
             "stop": self.stop,
             "seconds": self.seconds,
         }
+
+
+PHASES = ("draft", "verify", "idle", "bandit")  # RoundRecord.t_<phase>; the rest of a round is host work
+
+
+def round_breakdown(rounds: list[RoundRecord]) -> dict[str, float]:
+    """Seconds summed over `rounds` per phase: drafting and verification as the device timed them (CUDA
+    events), idle scoring, the bandit's select + update, and `host`: the rest of the wall time (commit,
+    bookkeeping, launches the device waited for)."""
+    out = {ph: sum(getattr(r, f"t_{ph}") for r in rounds) for ph in PHASES}
+    out["round"] = sum(r.t_round for r in rounds)
+    out["host"] = max(out["round"] - sum(out[ph] for ph in PHASES), 0.0)
+    return out
 
 
 def summarize(stats: list[dict], baseline_key: str = "baseline_seconds") -> dict:
@@ -98,5 +112,8 @@ def summarize(stats: list[dict], baseline_key: str = "baseline_seconds") -> dict
             for arm, v in s["arm_share"].items():
                 shares[arm] += v * s["rounds"]
         row["arm_share"] = {a: v / max(rounds, 1) for a, v in shares.items()}
+        if all("round_seconds" in s for s in ss):  # per-round milliseconds by phase
+            row["round_ms"] = {k: 1e3 * sum(s["round_seconds"][k] for s in ss) / max(rounds, 1)
+                               for k in ss[0]["round_seconds"]}  # fmt: skip
         out[cat] = row
     return {k: out[k] for k in sorted(out, key=lambda c: (c == "all", c))}

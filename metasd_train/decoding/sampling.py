@@ -76,13 +76,18 @@ def pick(logits: torch.Tensor, params: SamplingParams, generator=None) -> tuple[
     return token, probs
 
 
-def verify_greedy(target_logits: torch.Tensor, draft: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Accept the longest prefix where the draft equals the target's argmax; then the target's token."""
-    # target_logits: [k+1, V], draft: [k] -> n_accepted [], next_token []
+def verify_greedy(target_logits: torch.Tensor, draft: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Accept the longest prefix where the draft equals the target's argmax; then the target's token.
+
+    Also the block divergence of a greedy draft without materialising distributions: greedy p and q
+    are one-hot, so 1 - TV is 1 where they agree and 0 elsewhere (block_divergence on one-hot rows).
+    """
+    # target_logits: [k+1, V], draft: [k] -> n_accepted [], next_token [], divergence []
     pred = target_logits.argmax(dim=-1)
     k = draft.shape[0]
     n = torch.cumprod((pred[:k] == draft).to(torch.int64), dim=0).sum()
-    return n, pred[n]
+    agree = (pred[:k] == draft).float().mean() if k else target_logits.new_zeros((), dtype=torch.float32)
+    return n, pred[n], agree
 
 
 def verify_sampling(

@@ -51,7 +51,7 @@ def fitted(ctx, name: str, names: list[str], prior: dict[int, dict] | None, feat
     cfg = OmegaConf.to_container(b)
     policy = make_policy(name, len(names), cfg, dim=b.context_dim, arm_names=names)
     if prior:
-        warm_start(policy, prior, b.reward, b.prior_strength, feat)
+        warm_start(policy, prior, b.reward, b.prior_strength, feat, b.sleeping)
     state = policy.state_dict()
 
     def copy() -> Policy:
@@ -67,12 +67,13 @@ def replay_policies(ctx, names, fit, held, feat) -> dict[str, dict]:
     compared policies cold, MetaSD's UCB on divergence, each fixed arm and the per-domain oracle."""
     b, k = ctx.cfg.bandit, len(names)
     warm = fitted(ctx, b.policy, names, fit, feat)
+    kw = {"feedback": b.feedback, "sleeping": b.sleeping}
     out = {
-        f"{b.policy} (warm, paper)": replay(held, warm, b.reward, feat, reset_per_request=True, feedback=b.feedback),
-        f"{b.policy} (warm, persistent)": replay(held, warm, b.reward, feat, feedback=b.feedback),
+        f"{b.policy} (warm, paper)": replay(held, warm, b.reward, feat, reset_per_request=True, **kw),
+        f"{b.policy} (warm, persistent)": replay(held, warm, b.reward, feat, **kw),
     }
     for p in COMPARED:
-        out[p] = replay(held, fitted(ctx, p, names, None, feat), b.reward, feat, feedback=b.feedback)
+        out[p] = replay(held, fitted(ctx, p, names, None, feat), b.reward, feat, **kw)
     out["ucb (divergence, MetaSD)"] = replay(held, fitted(ctx, "ucb", names, None, feat), "divergence", feat)
     for a, n in enumerate(names):
         out[f"fixed:{n}"] = fixed(held, a, k)

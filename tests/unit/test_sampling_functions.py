@@ -1,5 +1,6 @@
 """Each acceptance branch pinned down with hand-written distributions (litgpt's stub style)."""
 
+import pytest
 import torch
 
 from metasd_train.decoding.sampling import (
@@ -18,12 +19,14 @@ def onehot(i, v=5):
 
 def test_greedy_accepts_longest_matching_prefix_then_target_token():
     logits = torch.stack([onehot(2), onehot(3), onehot(4), onehot(0)]) * 10  # target argmax: 2, 3, 4, 0
-    n, nxt = verify_greedy(logits, torch.tensor([2, 3, 1]))
-    assert (int(n), int(nxt)) == (2, 4)
-    n, nxt = verify_greedy(logits, torch.tensor([2, 3, 4]))
-    assert (int(n), int(nxt)) == (3, 0)  # all accepted: bonus token
-    n, nxt = verify_greedy(logits, torch.tensor([1, 3, 4]))
+    n, nxt, agree = verify_greedy(logits, torch.tensor([2, 3, 1]))
+    assert (int(n), int(nxt)) == (2, 4) and float(agree) == pytest.approx(2 / 3)
+    n, nxt, agree = verify_greedy(logits, torch.tensor([2, 3, 4]))
+    assert (int(n), int(nxt), float(agree)) == (3, 0, 1.0)  # all accepted: bonus token
+    n, nxt, agree = verify_greedy(logits, torch.tensor([1, 3, 4]))
     assert (int(n), int(nxt)) == (0, 2)  # later matches after a miss do not count
+    q = torch.stack([onehot(1), onehot(3), onehot(4)])
+    assert float(agree) == float(block_divergence(torch.softmax(logits[:3] * 100, -1).round(), q))  # one-hot p, q
 
 
 def test_sampling_always_accepts_when_q_equals_p():
