@@ -139,9 +139,9 @@ class SpecEngine:
     def draft_seconds(self, i: int) -> float:
         """Seconds arm i spends per drafted token (0 for arms without a model)."""
         rt = self.runtimes[i]
-        if rt is None:
-            return 0.0
-        return rt.step_seconds() if hasattr(rt, "step_seconds") else self.forward_seconds(rt, 1)
+        if hasattr(rt, "step_seconds"):
+            return rt.step_seconds()
+        return self.forward_seconds(rt, 1) if self.arms[i].kind == "model" else 0.0
 
     def check_request(self, prompt_len: int, max_new_tokens: int) -> None:
         if prompt_len == 0:
