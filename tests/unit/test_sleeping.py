@@ -111,3 +111,8 @@ def test_a_sleeping_chooser_learns_nothing_from_an_empty_round():
     chooser = BanditChooser(make_policy("fixed", 2, {"fixed_arm": "a"}, arm_names=["a", "b"]), sleeping=True)
     chooser.observe(None, RoundRecord(0, 0, "a", 0, 0, 0.0, 0.0, 1e-3, 0.0, 0.0, 1e-3, 1e-3, 4))
     assert chooser.policy.counts.sum() == 0
+
+
+def test_only_model_arms_are_timed_as_forwards(target):
+    engine = SpecEngine(target, [NgramArm("ngram", V), ModelArm("m", truncated(target, 1), V)], fast=True, max_len=32)
+    assert engine.draft_seconds(0) == 0.0 and engine.draft_seconds(1) > 0.0
