@@ -9,7 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.syntax import Syntax
 
-from metasd_train.config import STAGES
+from metasd_train.config import STAGES, companion
 from metasd_train.errors import UserError
 from metasd_train.pipeline import ranks
 from metasd_train.pipeline.context import StageContext
@@ -165,3 +165,6 @@ def check_sources(cfg: DictConfig) -> None:
         resolve_source(cfg.target.tokenizer)
     if cfg.drafter.kind == "pretrained":
         resolve_source(cfg.drafter.path)
+    for name in cfg.drafter.companions:  # a companion's model is loaded only after the generalist trained
+        if (c := companion(cfg.drafter, name)).kind == "pretrained":
+            resolve_source(c.path)

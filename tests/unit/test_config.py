@@ -51,6 +51,15 @@ def test_recipe_list_names_every_recipe_with_a_description():
             ["recipe=tiny", "target.name=HuggingFaceTB/SmolLM2-360M", "stages=[data]", "run_dir=/tmp/metasd-test-hub"],
             "looks like a hub id",
         ),
+        (
+            [
+                "recipe=tiny",
+                "+drafter.companions.big={kind: pretrained, path: /no/such/model}",
+                "stages=[data]",
+                "run_dir=/tmp/metasd-test-companion",
+            ],
+            "does not exist",
+        ),  # a companion is loaded only after the generalist trained: its path is checked up front
     ],
 )
 def test_bad_input_gives_one_clear_line(args, expected):
