@@ -10,7 +10,9 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from bench.configs import HF_COMPILE, ORACLE, TARGET_ALONE, fixed_name, sampled_name, shipped_row
+from bench.fastpath import replay_ms
 from bench.harness import Bench, card_name, engine_label
+from bench.headstep import chained_step_ms
 from metasd_train.atomic import write_json
 from metasd_train.errors import UserError
 
@@ -65,7 +67,11 @@ def head_fields(b: Bench, hf: float | None) -> dict:
     step = None
     engine = b.engines.get(engine_label())
     if heads and engine is not None and hasattr(engine.runtimes[heads[0]], "step_seconds"):
-        step = ratio(engine.runtimes[heads[0]].step_seconds(), engine.t_step)
+        rt = engine.runtimes[heads[0]]
+        if rt.graphs and rt.gamma > 1:  # a link of the captured greedy chain over a width-1 target replay
+            step = ratio(chained_step_ms(rt, rt.gamma), replay_ms(engine.target, 1))
+        else:
+            step = ratio(rt.step_seconds(), engine.t_step)
     return {
         "head_step_over_target_step": step,
         "head_tau": row.summary["all"]["tau"] if row else None,

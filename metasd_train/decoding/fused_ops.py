@@ -57,6 +57,29 @@ def attend(q, k_cache, v_cache, mask, s: int) -> torch.Tensor:
     return o.view(n_kv, -1, s, d).permute(2, 0, 1, 3).reshape(s, -1)
 
 
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm in HF's order of casts (normalised in fp32, cast back, then scaled)."""
+    # x: [S, d]; weight: [d] -> [S, d]
+    xf = x.float()
+    return weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+def rms_norm_cat(a: torch.Tensor, b: torch.Tensor, weight_a: torch.Tensor, weight_b: torch.Tensor, eps: float):
+    """[norm(a), norm(b)] side by side: a draft head's attention input (embeddings, then hidden states)."""
+    # a, b: [S, d]; weights: [d] -> [S, 2d]
+    return torch.cat([rms_norm(a, weight_a, eps), rms_norm(b, weight_b, eps)], dim=-1)
+
+
+def attend_matmul(q, k_cache, v_cache, mask, s: int) -> torch.Tensor:
+    """attend's maths as HF's eager attention writes it (q k^T, softmax in fp32, times v): compiled for a
+    few query rows, inductor's kernels beat SDPA's, the more so the longer the span."""
+    # q: [1, Hkv, rep*S, D]; caches: [1, Hkv, length, D]; mask: [1, 1, rep*S, span] -> [S, Hq * D]
+    span, n_kv, d = mask.shape[-1], q.shape[1], q.shape[-1]
+    scores = torch.matmul(q, k_cache[:, :, :span].transpose(2, 3)) * d**-0.5 + mask
+    o = torch.matmul(torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype), v_cache[:, :, :span])
+    return o.view(n_kv, -1, s, d).permute(2, 0, 1, 3).reshape(s, -1)
+
+
 class Ops(NamedTuple):
     prologue: object
     add_rms_norm: object

@@ -18,6 +18,7 @@ import statistics
 import torch
 
 from metasd_train.decoding.arms import Arm, Sequence
+from metasd_train.decoding.fasthead import FastHead, HeadSteps, unsupported
 from metasd_train.decoding.sampling import SamplingParams, logits_to_probs, pick
 from metasd_train.decoding.static_cache import spans_for
 from metasd_train.decoding.timing import Stopwatch
@@ -26,12 +27,20 @@ CATCH_UP_WIDTH = 32  # positions per catch-up forward (graph widths 1..CATCH_UP_
 
 
 class HeadRuntime:
-    """One engine's state for one head: its KV cache, what it has seen, and its CUDA graphs."""
+    """One engine's state for one head: its KV cache, what it has seen, and its CUDA graphs.
 
-    def __init__(self, head, embed, target_lm, capacity: int, graphs: bool, gamma: int):
+    With `fast`, steps run through fasthead.FastHead (fused weights, RoPE tables, `compile`d ops)
+    when it supports the head (`fallback` says why not), else through `DraftHead.step` (HeadSteps).
+    """
+
+    def __init__(self, head, embed, target_lm, capacity: int, graphs: bool, gamma: int, fast=False, compile="none"):
         self.head, self.embed, self.target_lm, self.gamma = head, embed, target_lm, gamma
         self.capacity = capacity  # positions a request may reach; the margin past it takes capture writes
-        self.cache = head.new_cache(capacity + CATCH_UP_WIDTH)
+        # one slot more than any span: a whole-buffer slice would be a second graph of the compiled greedy link
+        length = capacity + CATCH_UP_WIDTH + 1
+        self.fallback = unsupported(head, embed) if fast else "fast=False"
+        self.net = HeadSteps(head, embed) if self.fallback else FastHead(head, embed, length, compile)
+        self.cache = self.net.new_cache(length)
         self.device = self.cache.k.device
         self.spans = spans_for(capacity + CATCH_UP_WIDTH)
         self.widths = tuple(w for w in (1, 2, 4, 8, 16, CATCH_UP_WIDTH))
@@ -72,7 +81,7 @@ class HeadRuntime:
         return out[:s].clone(), logits[:s].clone()  # graph outputs are overwritten by the next replay
 
     def _forward(self, hidden, ids, pos, span):
-        return self.head.step(hidden, self.embed(ids), pos, self.cache, span)
+        return self.net.step(hidden, ids, pos, self.cache, span)
 
     def _graph(self, w: int, span: int):
         if (w, span) not in self._captured:
@@ -119,11 +128,10 @@ class HeadRuntime:
 
     def _chain(self, hidden, logits, pos, span: int, k: int) -> torch.Tensor:
         # hidden: [1, d], logits: [1, K], pos: [k-1] -> tokens [k] (target ids)
-        token = self.head.to_target(logits.argmax(-1))
+        token = self.net.pick(logits)
         tokens = [token]
         for j in range(k - 1):
-            hidden, logits = self._forward(hidden, token, pos[j : j + 1], span)
-            token = self.head.to_target(logits.argmax(-1))
+            hidden, token = self.net.greedy_step(hidden, token, pos[j : j + 1], self.cache, span)
             tokens.append(token)
         return torch.cat(tokens)
 
@@ -165,7 +173,8 @@ class HeadArm(Arm):
     def runtime(self, engine) -> HeadRuntime:
         capacity = engine.max_len or engine.max_context
         graphs = engine.fast and engine.device.type == "cuda"
-        return HeadRuntime(self.head, self.embed, engine.target, capacity, graphs, self.gamma)
+        args = (capacity, graphs, self.gamma, engine.fast, engine.compile)
+        return HeadRuntime(self.head, self.embed, engine.target, *args)
 
     def bind(self, runtime) -> None:
         self.rt = runtime
