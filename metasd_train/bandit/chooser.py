@@ -100,13 +100,15 @@ def chooser_for(
     feedback: str | None = None,
     fixed: int | None = None,
     greedy: bool = True,
+    sleeping: bool | None = None,
 ) -> tuple[BanditChooser, str]:
     """(chooser, feedback) for an exported ensemble (export.ensemble.Ensemble) as decode.py and the bench use it.
 
     Default: the exported, warm-started policy in its exported mode. `policy` overrides it (fresh,
     not warm-started); `arm` (an ensemble loaded with that one arm) or `fixed` (an arm index, no
     ensemble needed) always picks that arm; `greedy=False` drops a warm start fitted on the greedy
-    log. Raises UserError for an unknown policy or feedback.
+    log; `sleeping` overrides the exported bandit.sleeping. Raises UserError for an unknown policy or
+    feedback.
     """
     if ens is None or fixed is not None:
         i = fixed or 0
@@ -122,4 +124,6 @@ def chooser_for(
         chosen = make_policy(policy or meta["policy"], len(names), cfg, feat.dim if feat else 16, names)
     else:
         chosen = loaded
+    if sleeping is not None:
+        cfg["sleeping"] = sleeping
     return build_chooser({**cfg, "feedback": feedback}, names, feat, chosen), feedback

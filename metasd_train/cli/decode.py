@@ -39,6 +39,7 @@ class DecodeArgs:
     policy: str | None = None  # override the exported policy (fresh, not warm-started)
     arm: str | None = None  # decode with this one drafter only
     feedback: str | None = None  # bandit | full
+    sleeping: bool | None = None  # override bandit.sleeping: arms with nothing to propose sit the round out
     device: str = "auto"
     dtype: str = "auto"
     seed: int = 0
@@ -131,7 +132,9 @@ def decode(args: DecodeArgs, console: Console | None = None) -> dict:
         if getattr(args, key) is not None:
             dcfg[key] = getattr(args, key)
     greedy = float(dcfg.temperature) == 0  # the fitted prior comes from greedy logs: not reused when sampling
-    chooser, feedback = chooser_for(ens, policy=args.policy, arm=args.arm, feedback=args.feedback, greedy=greedy)
+    chooser, feedback = chooser_for(
+        ens, policy=args.policy, arm=args.arm, feedback=args.feedback, greedy=greedy, sleeping=args.sleeping
+    )
     model, tok = ens.target.model, ens.target.tokenizer
     engine = make_engine(model, tok, ens.arms, dcfg, full_feedback=feedback == "full")
     engine.check_request(1, int(dcfg.max_new_tokens))

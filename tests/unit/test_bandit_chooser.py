@@ -45,3 +45,9 @@ def test_typos_are_user_errors(tmp_path):
         chooser_for(ens, policy="ucbb")
     with pytest.raises(UserError, match="bandit.feedback='ful' is not valid; choose one of: bandit, full"):
         chooser_for(ens, feedback="ful")
+
+
+def test_sleeping_comes_from_the_export_and_can_be_overridden(tmp_path):
+    assert chooser_for(export(tmp_path, sleeping=True))[0].sleeping
+    assert not chooser_for(export(tmp_path, sleeping=True), sleeping=False)[0].sleeping
+    assert not chooser_for(export(tmp_path))[0].sleeping  # an export from before the setting: off
