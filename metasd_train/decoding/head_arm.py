@@ -160,6 +160,19 @@ class HeadRuntime:
         return statistics.median(times[1:])
 
 
+_LAST_HIDDEN: list = []  # [(target, ids, hidden states)]: every head of an ensemble reads the same
+
+
+def target_hidden_states(target, ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The target's hidden states over `ids` [1, N], computed once for all the heads that ask in turn
+    (the entry holds the target itself, so a later model cannot be mistaken for it)."""
+    if _LAST_HIDDEN and _LAST_HIDDEN[0][0] is target and torch.equal(_LAST_HIDDEN[0][1], ids):
+        return _LAST_HIDDEN[0][2]
+    _LAST_HIDDEN.clear()
+    _LAST_HIDDEN.append((target, ids, target(input_ids=ids, output_hidden_states=True).hidden_states))
+    return _LAST_HIDDEN[0][2]
+
+
 class HeadArm(Arm):
     """Drafts with an EAGLE-3 head over the target's features; proposes only draft-vocabulary tokens."""
 
@@ -229,8 +242,8 @@ class HeadArm(Arm):
         """Chains of γ drafts from every committed length, from one target forward and γ unrolled head
         passes (the training-time-test unroll; exact while a chain matches the committed tokens)."""
         ids = torch.tensor([seq], device=self.head.fc.weight.device)
-        out = target(input_ids=ids[:, :-1], output_hidden_states=True)
-        feats = torch.cat([out.hidden_states[i] for i in self.feature_layers], -1)  # [1, N-1, 3d]
+        hidden_states = target_hidden_states(target, ids[:, :-1])
+        feats = torch.cat([hidden_states[i] for i in self.feature_layers], -1)  # [1, N-1, 3d]
         outs = self.head.unroll(feats, self.embed(ids[:, 1:]), torch.ones_like(ids[:, 1:]), self.gamma)
         preds = [self.head.to_target(self.head.logits(o).argmax(-1))[0].tolist() for o in outs]  # row r: x_{r+2}
         n = len(seq)
