@@ -182,3 +182,18 @@ def test_sampling_with_a_head_at_gamma_3_follows_the_target():
     exact = p1[:, None, None] * p2[:, :, None] * p3
     assert sum(r.drafted == 3 for r in chooser.records) > 1000  # γ = 3 blocks were drafted
     assert chi_square_p(got, exact) > 1e-3
+
+
+def test_the_heads_of_an_ensemble_share_one_target_forward_per_logged_sequence(target, arms):
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return target(*args, **kwargs)
+
+    seq = [2, 3, 4, 5, 2, 3, 4, 6, 7]
+    first, second = (arm.block_matches(seq, 3, counted) for arm in arms[:2])
+    assert len(calls) == 1
+    assert first == arms[0].block_matches(seq, 3, target)  # the shared states are the target's own
+    arms[0].block_matches(seq + [8], 3, counted)
+    assert len(calls) == 2  # another sequence: a new forward
