@@ -33,8 +33,11 @@ class HeadRuntime:
     when it supports the head (`fallback` says why not), else through `DraftHead.step` (HeadSteps).
     """
 
-    def __init__(self, head, embed, target_lm, capacity: int, graphs: bool, gamma: int, fast=False, compile="none"):
+    def __init__(
+        self, head, embed, target_lm, capacity: int, graphs: bool, gamma: int, fast=False, compile="none", params=None
+    ):
         self.head, self.embed, self.target_lm, self.gamma = head, embed, target_lm, gamma
+        self.params = params or SamplingParams()  # the engine's: which chains warmup() captures
         self.capacity = capacity  # positions a request may reach; the margin past it takes capture writes
         # one slot more than any span: a whole-buffer slice would be a second graph of the compiled greedy link
         length = capacity + CATCH_UP_WIDTH + 1
@@ -89,15 +92,18 @@ class HeadRuntime:
         return self._captured[w, span]
 
     def _capture(self, key, span: int):
-        """Capture a forward of width `key` or a greedy chain (`("chain", k)`) at one span; warm-up and
-        capture write only margin slots past `capacity`."""
+        """Capture a forward of width `key`, a greedy chain (`("chain", k)`) or a sampled one
+        (`("sample", k, params)`) at one span; warm-up and capture write only margin slots past `capacity`."""
         d, dtype = self.head.config.hidden_size, self.cache.k.dtype
         chain = isinstance(key, tuple)
         w = key[1] if chain else key
         h = torch.zeros(1 if chain else w, d, device=self.device, dtype=dtype)
         pos = torch.arange(self.capacity, self.capacity + max(w - 1 if chain else w, 1), device=self.device)
-        if chain:
-            first = torch.zeros(1, self.head.config.draft_vocab_size, device=self.device, dtype=dtype)
+        first = torch.zeros(1, self.head.config.draft_vocab_size, device=self.device, dtype=dtype)
+        if chain and key[0] == "sample":
+            noise = torch.ones(w, self.head.config.vocab_size, device=self.device)
+            inputs, run = (h, first, pos, noise), lambda: self._sampled_chain(h, first, pos, span, w, key[2], noise)
+        elif chain:
             inputs, run = (h, first, pos), lambda: self._chain(h, first, pos, span, w)
         else:
             ids = torch.zeros(w, dtype=torch.long, device=self.device)
@@ -126,6 +132,35 @@ class HeadRuntime:
         graph.replay()
         return tokens.clone()
 
+    def sampled_chain(self, hidden, logits, start: int, k: int, params: SamplingParams, generator=None):
+        """Sampling: k drafts (target ids) and the processed distributions [k, V] they were drawn from,
+        from a first step's (out_hidden [1, d], logits [1, K]); one graph replay on CUDA. The draws are
+        sampling.sample's exponential race over noise drawn here, outside the graph, from `generator`."""
+        span = next(sp for sp in self.spans if sp >= start + k)
+        if not self.graphs:
+            noise = torch.empty(k, self.head.config.vocab_size, device=self.device).exponential_(1, generator=generator)
+            pos = torch.arange(start, start + k - 1, device=self.device)
+            return self._sampled_chain(hidden, logits, pos, span, k, params, noise)
+        graph, h_buf, l_buf, pos_buf, noise, tokens, probs = self._graph(("sample", k, params), span)
+        h_buf.copy_(hidden)
+        l_buf.copy_(logits)
+        torch.arange(start, start + pos_buf.shape[0], device=self.device, out=pos_buf)
+        noise.exponential_(1, generator=generator)
+        graph.replay()
+        return tokens.clone(), probs.clone()
+
+    def _sampled_chain(self, hidden, logits, pos, span: int, k: int, params: SamplingParams, noise):
+        # hidden: [1, d], logits: [1, K], pos: [k-1], noise: [k, V] -> tokens [k], probs [k, V]
+        tokens, probs = [], []
+        for j in range(k):
+            p = logits_to_probs(self.head.full_vocab_logits(logits.float()), params)  # [1, V]
+            token = torch.argmax(p / noise[j : j + 1], dim=-1)  # [1]: a draw from p (sampling.sample)
+            tokens.append(token)
+            probs.append(p)
+            if j < k - 1:
+                hidden, logits = self.net.step(hidden, token, pos[j : j + 1], self.cache, span)
+        return torch.cat(tokens), torch.cat(probs)
+
     def _chain(self, hidden, logits, pos, span: int, k: int) -> torch.Tensor:
         # hidden: [1, d], logits: [1, K], pos: [k-1] -> tokens [k] (target ids)
         token = self.net.pick(logits)
@@ -138,8 +173,10 @@ class HeadRuntime:
     @torch.inference_mode()
     def warmup(self) -> None:
         if self.graphs:
-            keys = [*self.widths, *(("chain", k) for k in range(1, self.gamma + 1))]
-            for key in keys:
+            chains = [
+                ("chain", k) if self.params.greedy else ("sample", k, self.params) for k in range(1, self.gamma + 1)
+            ]
+            for key in [*self.widths, *chains]:
                 for span in self.spans:
                     self._graph(key, span)
 
@@ -186,7 +223,7 @@ class HeadArm(Arm):
     def runtime(self, engine) -> HeadRuntime:
         capacity = engine.max_len or engine.max_context
         graphs = engine.fast and engine.device.type == "cuda"
-        args = (capacity, graphs, self.gamma, engine.fast, engine.compile)
+        args = (capacity, graphs, self.gamma, engine.fast, engine.compile, engine.params)
         return HeadRuntime(self.head, self.embed, engine.target, *args)
 
     def bind(self, runtime) -> None:
@@ -215,6 +252,8 @@ class HeadArm(Arm):
         if params.greedy and early_stop <= 0:  # the whole chain in one go (one graph replay on CUDA)
             tokens = self.rt.chain(out[-1:], logits[-1:], P - 1, k)
             return tokens, torch.nn.functional.one_hot(tokens, self.vocab_size).float()
+        if early_stop <= 0:  # sampled: the whole chain in one go too
+            return self.rt.sampled_chain(out[-1:], logits[-1:], P - 1, k, params, generator)
         hidden, logits = out[-1:], logits[-1]
         tokens, probs = [], []
         for i in range(k):

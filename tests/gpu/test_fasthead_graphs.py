@@ -55,3 +55,21 @@ def test_graphed_fast_steps_equal_eager_steps(head, compile):
     assert graphed[2] == eager[2]
     torch.testing.assert_close(graphed[:2], reference[:2], rtol=1e-4, atol=1e-4)
     assert graphed[2] == reference[2]
+
+
+@pytest.mark.parametrize("compile", ["none", "fused"])
+@torch.inference_mode()
+def test_a_graphed_sampled_chain_equals_the_eager_one_on_the_same_noise(head, compile):
+    from metasd_train.decoding.sampling import SamplingParams
+
+    params = SamplingParams(temperature=0.7, top_k=20, top_p=0.9)
+    gen = torch.Generator("cuda").manual_seed(2)
+    features = torch.randn(20, 3 * head.config.hidden_size, device="cuda", generator=gen)
+    ids = torch.randint(0, V, (20,), device="cuda", generator=gen)
+    results = []
+    for graphs in (True, False):
+        rt = runtime(head, graphs=graphs, fast=True, compile=compile)
+        out, logits = rt.run(head.fuse(features), ids, 0)
+        results.append(rt.sampled_chain(out[-1:], logits[-1:], 20, 4, params, torch.Generator("cuda").manual_seed(3)))
+    assert results[0][0].tolist() == results[1][0].tolist()
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=0, atol=0)
