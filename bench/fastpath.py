@@ -112,6 +112,11 @@ def replay_ms(lm: StaticLM, width: int, reps: int = 50) -> float:
     """Median milliseconds of one graph replay of `width` tokens at positions AT.."""
     graph, _, pos, _ = lm._graph(width, lm._span(AT + width))
     torch.add(lm._base[width], AT, out=pos)
+    return graph_ms(graph, reps)
+
+
+def graph_ms(graph: torch.cuda.CUDAGraph, reps: int) -> float:
+    """Median milliseconds of one replay of `graph` (CUDA events)."""
     times = []
     for _ in range(reps):
         begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

@@ -17,7 +17,6 @@ variant reuses what earlier ones compiled). Writes headstep.json and headstep.md
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from bench.fastpath import AT, replay_ms
+from bench.fastpath import AT, graph_ms, replay_ms
 from metasd_train.cli.args import check_ranges, parse
 from metasd_train.decoding.head_arm import HeadRuntime
 from metasd_train.decoding.static_cache import StaticLM, default_widths
@@ -54,19 +53,6 @@ def parse_args(argv: list[str]) -> HeadStepArgs:
     if bad:
         raise UserError(f"variants: {bad[0]!r} is not a variant; choose from: {', '.join(VARIANTS)}")
     return args
-
-
-def graph_ms(graph: torch.cuda.CUDAGraph, reps: int) -> float:
-    """Median milliseconds of one replay of `graph`."""
-    times = []
-    for _ in range(reps):
-        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        begin.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(begin.elapsed_time(end))
-    return statistics.median(times)
 
 
 def chain_ms(rt: HeadRuntime, k: int, reps: int) -> float:
