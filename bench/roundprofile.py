@@ -77,8 +77,8 @@ def main(argv: list[str]) -> None:
     out, results, tables = Path(a.out), {}, []
     for name in ARMS:
         results[name], table = profile_arm(name, target, prompts, eos, a)
-        print(name, json.dumps(results[name]), flush=True)
         tables += [f"## {name}", "", "```", table, "```", ""]
+        print(name, json.dumps(results[name]), table, sep="\n", flush=True)  # as it comes: a cut run keeps it
     out.mkdir(parents=True, exist_ok=True)
     card = torch.cuda.get_device_name() if target.device.type == "cuda" else "cpu"
     meta = {"card": card, "target": a.target, "dtype": a.dtype, "torch": torch.__version__}
