@@ -43,7 +43,7 @@ class BanditChooser:
         check_feedback(feedback)
         self.policy, self.reward, self.featurizer = policy, reward, featurizer
         self.sleeping = sleeping and policy.sleeping  # the engine tells select() which arms are asleep
-        self.skip_empty = sleeping  # a round whose arm proposed nothing teaches nothing
+        self.skip_empty = self.sleeping  # then a round whose arm proposed nothing teaches nothing
         self.score = reward_fn(reward)
         self.reset_per_request, self.feedback = reset_per_request, feedback
         self.costs = DraftCosts(policy.n_arms)
@@ -52,6 +52,8 @@ class BanditChooser:
     def begin(self, ctx) -> None:
         if self.reset_per_request:
             self.policy.reset()
+        if self.sleeping:
+            self.policy.note_sleepers(getattr(ctx, "sleepers", frozenset()))
         self.x = self.featurizer(ctx.features) if (self.featurizer and self.policy.contextual) else None
 
     def select(self, ctx, asleep: frozenset[int] = frozenset()) -> int:

@@ -58,6 +58,9 @@ class Policy:
     def select(self, x: torch.Tensor | None = None, asleep: frozenset[int] = frozenset()) -> int:
         raise NotImplementedError
 
+    def note_sleepers(self, arms: frozenset[int]) -> None:
+        """The arms that can sit a round out (told at every request, before any round)."""
+
     def _awake(self, asleep: frozenset[int]) -> np.ndarray | None:
         """Bool mask of the arms that may be chosen this round; None when every arm may (or none is awake)."""
         if not asleep or len(asleep) >= self.n_arms:

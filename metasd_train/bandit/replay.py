@@ -27,6 +27,7 @@ class ReplayContext:
 
     features: torch.Tensor | None
     round: int = 0
+    sleepers: frozenset[int] = frozenset()
 
 
 def by_request(rows: list[dict]) -> dict[int, dict]:
@@ -64,6 +65,11 @@ def features_of(req: dict) -> torch.Tensor | None:
     return torch.tensor(req["features"], dtype=torch.float64) if req["features"] else None
 
 
+def sleepers_of(req: dict) -> frozenset[int]:
+    """The arms that had nothing to propose somewhere they could have drafted (the n-gram arm)."""
+    return frozenset().union(*(asleep_at(req, pos) for pos in range(req["length"] - 1)))
+
+
 def asleep_at(req: dict, pos: int) -> frozenset[int]:
     """The arms with nothing to propose at `pos` (as the engine asks a sleeping chooser)."""
     if pos >= req["length"] - 1:
@@ -73,7 +79,7 @@ def asleep_at(req: dict, pos: int) -> frozenset[int]:
 
 def walk(req: dict, chooser: BanditChooser, full: bool = False) -> list[RoundRecord]:
     """Decode one logged request as the engine would with `chooser`; its rounds."""
-    ctx = ReplayContext(features_of(req))
+    ctx = ReplayContext(features_of(req), sleepers=sleepers_of(req))
     chooser.begin(ctx)
     pos, out = 0, []
     while pos < req["length"]:

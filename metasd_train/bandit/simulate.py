@@ -48,6 +48,7 @@ class Scenario:
 class SimContext:
     features: torch.Tensor | None
     round: int = 0
+    sleepers: frozenset[int] = frozenset()
 
 
 @dataclass
@@ -138,7 +139,8 @@ class SimEngine:
 
     def generate(self, cat: str, chooser) -> None:
         cats = self.s.categories
-        ctx = SimContext(torch.eye(len(cats), dtype=torch.float64)[cats.index(cat)])
+        sleepers = frozenset(j for j, a in enumerate(self.s.arms) if a.ngram)
+        ctx = SimContext(torch.eye(len(cats), dtype=torch.float64)[cats.index(cat)], sleepers=sleepers)
         chooser.begin(ctx)
         self.spans, self.last, pos = self._spans(cat), None, 0
         while pos < self.s.tokens:

@@ -66,13 +66,16 @@ class EliminationUCB(Policy):
         self.cusum = torch.zeros(n_arms, dtype=torch.float64)
         self._alive, self._g = self.alive.numpy(), self.cusum.numpy()
         self.shifts = 0
-        self.sleepers: set[int] = set()  # arms seen asleep (kept across resets: a property of the arm)
+        self.sleepers: set[int] = set()  # arms that can sleep (told per request; kept: a property of the arm)
 
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
         """(lower, upper) confidence bounds per arm; arms never observed get (-inf, inf)."""
         n, sums, sq = self._n.tolist(), self._s.tolist(), self._q.tolist()
         lo, hi = zip(*(self._bound(n[a], sums[a], sq[a], math.log(max(self.t, 2.0))) for a in range(self.n_arms)))
         return np.array(lo), np.array(hi)
+
+    def note_sleepers(self, arms: frozenset[int]) -> None:
+        self.sleepers.update(arms)
 
     def _bound(self, n: float, s: float, q: float, log_t: float) -> tuple[float, float]:
         # plain floats: a round's selection is a few scalar operations per live arm, cheaper than NumPy calls

@@ -139,7 +139,8 @@ class NoDraftArm(Arm):
 
 class NgramIndex:
     """The latest end of every n-gram (min_n <= n <= max_n) of one growing token list, kept up to date
-    incrementally, so a lookup costs O(max_n) instead of a scan of the whole sequence."""
+    incrementally, so a lookup costs O(max_n) instead of a scan of the whole sequence. Another list
+    starts it over; a list that is cleared and refilled needs `reset()` (the engine's prefill does it)."""
 
     def __init__(self, min_n: int, max_n: int):
         self.sizes = range(max(min_n, 1), max_n + 1)
@@ -178,7 +179,7 @@ class NgramArm(Arm):
         self.name, self.gamma, self.vocab_size = name, gamma, vocab_size
         self.max_ngram, self.min_ngram = max_ngram, min_ngram
         self.index = NgramIndex(min_ngram, max_ngram)
-        self._peeked: tuple[int, int, list[int]] | None = None  # (length, k, proposal) of the last `proposes`
+        self._peeked: tuple | None = None  # (host list, length, k, proposal) of the last `proposes`
 
     def runtime(self, engine) -> NgramIndex:
         return NgramIndex(self.min_ngram, self.max_ngram)
@@ -202,10 +203,10 @@ class NgramArm(Arm):
         return []
 
     def _proposal(self, seq: Sequence, k: int) -> list[int]:
-        if self._peeked is not None and self._peeked[:2] == (seq.length, k):
-            return self._peeked[2]
+        if self._peeked is not None and self._peeked[0] is seq.host and self._peeked[1:3] == (seq.length, k):
+            return self._peeked[3]
         tokens = self.index.lookup(seq.host, k) if k > 0 else []
-        self._peeked = (seq.length, k, tokens)
+        self._peeked = (seq.host, seq.length, k, tokens)
         return tokens
 
     def proposes(self, seq: Sequence, k: int) -> bool:

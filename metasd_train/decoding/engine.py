@@ -39,6 +39,7 @@ class RoundContext:
 
     features: torch.Tensor | None  # [H] mean last-layer hidden state of the prompt (CPU, float64)
     round: int = 0
+    sleepers: frozenset[int] = frozenset()  # the arms that can have nothing to propose in a round
 
 
 class Chooser:
@@ -171,7 +172,7 @@ class SpecEngine:
         if len(prompt) > 1:
             _, hidden = self.target.forward(seq.ids[: len(prompt) - 1], hidden=True)
             features = hidden.float().mean(dim=0).double().cpu()
-        return seq, RoundContext(features)
+        return seq, RoundContext(features, sleepers=frozenset(self.sleepers))
 
     def generate(
         self,
@@ -209,7 +210,7 @@ class SpecEngine:
     def step(self, seq: Sequence, ctx: RoundContext, chooser: Chooser, limit: int) -> tuple[RoundRecord, list[int]]:
         """One round: choose, draft, verify, one sync and commit, feedback; returns the new tokens."""
         t0, room = time.perf_counter(), limit - seq.length - 1
-        asleep = self._asleep(seq, room) if getattr(chooser, "sleeping", False) else frozenset()
+        asleep = self._asleep(seq, room) if room > 0 and getattr(chooser, "sleeping", False) else frozenset()
         i = chooser.select(ctx, asleep) if asleep else chooser.select(ctx)
         t_bandit = time.perf_counter() - t0
         arm, L, watch = self.arms[i], seq.length, Stopwatch(self.device)
@@ -230,8 +231,9 @@ class SpecEngine:
         )  # fmt: skip
         if rec.could_draft:  # an arm that could draft but proposed nothing still cost its round
             t1 = time.perf_counter()
-            chooser.observe(ctx, rec)
-            rec.t_bandit += time.perf_counter() - t1
+            chooser.observe(ctx, rec)  # it sees the round without its own update; the record then includes it
+            t_observe = time.perf_counter() - t1
+            rec.t_bandit, rec.t_round = rec.t_bandit + t_observe, rec.t_round + t_observe
         return rec, new
 
     def _asleep(self, seq: Sequence, room: int) -> frozenset[int]:

@@ -38,6 +38,7 @@ class HeadRuntime:
     ):
         self.head, self.embed, self.target_lm, self.gamma = head, embed, target_lm, gamma
         self.params = params or SamplingParams()  # the engine's: which chains warmup() captures
+        self._noise_buf: torch.Tensor | None = None
         self.capacity = capacity  # positions a request may reach; the margin past it takes capture writes
         # one slot more than any span: a whole-buffer slice would be a second graph of the compiled greedy link
         length = capacity + CATCH_UP_WIDTH + 1
@@ -101,7 +102,7 @@ class HeadRuntime:
         pos = torch.arange(self.capacity, self.capacity + max(w - 1 if chain else w, 1), device=self.device)
         first = torch.zeros(1, self.head.config.draft_vocab_size, device=self.device, dtype=dtype)
         if chain and key[0] == "sample":
-            noise = torch.ones(w, self.head.config.vocab_size, device=self.device)
+            noise = self._noise()[:w]
             inputs, run = (h, first, pos, noise), lambda: self._sampled_chain(h, first, pos, span, w, key[2], noise)
         elif chain:
             inputs, run = (h, first, pos), lambda: self._chain(h, first, pos, span, w)
@@ -131,6 +132,12 @@ class HeadRuntime:
         torch.arange(start, start + pos_buf.shape[0], device=self.device, out=pos_buf)  # k = 1 reads none
         graph.replay()
         return tokens.clone()
+
+    def _noise(self) -> torch.Tensor:
+        """The exponential noise of sampled chains, [γ, V]: one buffer that every sampled graph reads."""
+        if self._noise_buf is None:
+            self._noise_buf = torch.ones(self.gamma, self.head.config.vocab_size, device=self.device)
+        return self._noise_buf
 
     def sampled_chain(self, hidden, logits, start: int, k: int, params: SamplingParams, generator=None):
         """Sampling: k drafts (target ids) and the processed distributions [k, V] they were drawn from,
@@ -208,6 +215,11 @@ def target_hidden_states(target, ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
     _LAST_HIDDEN.clear()
     _LAST_HIDDEN.append((target, ids, target(input_ids=ids, output_hidden_states=True).hidden_states))
     return _LAST_HIDDEN[0][2]
+
+
+def forget_hidden_states() -> None:
+    """Drop the shared entry (and the target it holds), e.g. when a log is written."""
+    _LAST_HIDDEN.clear()
 
 
 class HeadArm(Arm):

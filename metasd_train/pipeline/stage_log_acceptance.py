@@ -20,6 +20,7 @@ from metasd_train.config import arm_gamma
 from metasd_train.data.acceptance_log import LogTiming, arm_rows, request_rows
 from metasd_train.decoding.arms import NoDraftArm
 from metasd_train.decoding.assemble import build_arms, make_engine
+from metasd_train.decoding.head_arm import forget_hidden_states
 from metasd_train.pipeline import plots, ranks
 from metasd_train.pipeline.context import StageContext
 from metasd_train.pipeline.stage_distill import drafter_specs
@@ -102,6 +103,7 @@ def run(ctx: StageContext) -> dict:
             prompts,
             on_done=lambda n: progress.advance(task, n * ranks.world()),
         )
+    forget_hidden_states()  # the heads' shared target forward holds the target and a sequence's states
     if not ranks.is_zero():
         return {}
     return publish(ctx, rows, [a.name for a in arms])

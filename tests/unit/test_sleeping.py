@@ -1,6 +1,7 @@
 """Sleeping arms: an arm with nothing to propose sits the round out, and the n-gram index is exact."""
 
 import random
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -108,11 +109,27 @@ def test_the_replay_and_the_warm_start_skip_the_rounds_an_arm_sleeps():
 
 
 def test_a_sleeping_chooser_learns_nothing_from_an_empty_round():
-    chooser = BanditChooser(make_policy("fixed", 2, {"fixed_arm": "a"}, arm_names=["a", "b"]), sleeping=True)
+    chooser = BanditChooser(make_policy("ucb_elim", 2), sleeping=True)
     chooser.observe(None, RoundRecord(0, 0, "a", 0, 0, 0.0, 0.0, 1e-3, 0.0, 0.0, 1e-3, 1e-3, 4))
     assert chooser.policy.counts.sum() == 0
 
 
-def test_only_model_arms_are_timed_as_forwards(target):
-    engine = SpecEngine(target, [NgramArm("ngram", V), ModelArm("m", truncated(target, 1), V)], fast=True, max_len=32)
-    assert engine.draft_seconds(0) == 0.0 and engine.draft_seconds(1) > 0.0
+def test_policies_that_ignore_sleep_still_learn_from_empty_rounds():
+    chooser = BanditChooser(make_policy("seqhalving", 2, {"budget": 4}), sleeping=True)
+    assert not chooser.sleeping
+    arms = []
+    for _ in range(4):  # halving moves on only by observing: an ignored empty round must still count
+        arm = chooser.select(None)
+        arms.append(arm)
+        chooser.observe(None, RoundRecord(0, arm, "a", 0, 0, 0.0, 0.0, 1e-3, 0.0, 0.0, 1e-3, 1e-3, 4))
+    assert set(arms) == {0, 1}
+
+
+def test_a_warm_sleeper_does_not_eliminate_the_arms_that_play_its_empty_rounds():
+    policy = make_policy("ucb_elim", 3)
+    policy.set_prior(torch.full((3,), 200.0), torch.tensor([100.0, 98.0, 180.0]))  # arm 2: the n-gram when awake
+    chooser = BanditChooser(policy, sleeping=True)
+    chooser.begin(SimpleNamespace(features=None, sleepers=frozenset({2})))
+    assert chooser.select(None) == 2  # nothing asleep yet: the n-gram plays
+    assert policy.alive.tolist() == [1.0, 1.0, 1.0]  # and rules out neither model arm
+    assert chooser.select(None, frozenset({2})) == 0
