@@ -72,7 +72,7 @@ MUTANTS = [
     ),
     Mutant(
         "static_mask_sees_next_slot",
-        "metasd_train/decoding/fastmodel.py",
+        "metasd_train/decoding/fused_ops.py",
         "allowed = slots[None, :] <= pos[:, None]",
         "allowed = slots[None, :] <= pos[:, None] + 1",
         (GREEDY,),

@@ -12,6 +12,7 @@ from pathlib import Path
 class Family:
     module: Callable  # (student, teacher, domains, distill_cfg, drafter_cfg, lr, steps) -> LightningModule
     save: Callable  # (student, folder, tokenizer) -> None
+    monitor: str | None = None  # validation metric whose best value picks the weights kept (None: the last)
 
 
 def _model_module(student, teacher, domains, c, d, lr, steps):
@@ -48,5 +49,5 @@ def _save_head(student, folder: Path, tokenizer) -> None:
 
 FAMILIES: dict[str, Family] = {
     "model": Family(_model_module, _save_model),
-    "head": Family(_head_module, _save_head),
+    "head": Family(_head_module, _save_head, "val/accept_len/all"),  # simulated accepted length of a chain
 }

@@ -67,6 +67,32 @@ class StepCheckpoint(ModelCheckpoint):
         self._last_checkpoint_saved = filepath
 
 
+class BestWeights(L.Callback):
+    """Keeps the module's weights from the validation with the highest `monitor` and puts them back
+    when fitting ends; its state rides in the checkpoint, so a resumed fit still knows its best."""
+
+    def __init__(self, monitor: str):
+        self.monitor, self.best, self.weights = monitor, None, None
+
+    def on_validation_end(self, trainer, module) -> None:
+        value = trainer.callback_metrics.get(self.monitor)
+        if trainer.sanity_checking or value is None:
+            return
+        if self.best is None or float(value) > self.best:
+            self.best = float(value)
+            self.weights = {k: t.detach().to("cpu", copy=True) for k, t in module.state_dict().items()}
+
+    def on_fit_end(self, trainer, module) -> None:
+        if self.weights is not None:
+            module.load_state_dict(self.weights)
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "weights": self.weights}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.weights = state["best"], state["weights"]
+
+
 class Interrupted(L.Callback):
     """Remembers a Ctrl-C, which Lightning turns into `sys.exit(1)` (see `_call`)."""
 
@@ -120,16 +146,18 @@ def make_trainer(
     ckpt_dir: Path | None = None,
     accumulate: int = 1,
     checkpoint_every: int | None = None,
+    monitor: str | None = None,
 ) -> L.Trainer:
     """`trainer_cfg` passes through to lightning.Trainer (devices, strategy, precision, ...).
 
     checkpoint_every: optimizer steps between checkpoints in `ckpt_dir` (0: only when training ends;
-    None: distill.checkpoint_every's default).
+    None: distill.checkpoint_every's default). monitor: a validation metric (higher is better); the
+    fit ends on the weights of its best validation (BestWeights) instead of the last step's.
     """
     if checkpoint_every is None:
         checkpoint_every = DistillConfig.checkpoint_every
     kw = trainer_kwargs(trainer_cfg)
-    callbacks = [TokenThroughput(), Interrupted()]
+    callbacks = [TokenThroughput(), Interrupted(), *([BestWeights(monitor)] if monitor else [])]
     if ckpt_dir is not None and kw.get("enable_checkpointing", True):
         callbacks.append(StepCheckpoint(ckpt_dir, checkpoint_every))
     else:

@@ -58,6 +58,7 @@ def _train(ctx, student, dm, name: str, steps: int, lr: float, drafter=None) -> 
         ckpt,
         c.accumulate,
         c.checkpoint_every,
+        family.monitor,
     )
     ctx.extras.setdefault("throughput", {})[name] = fit(module, dm, trainer, ckpt)
     return validate(module, dm, trainer)
