@@ -21,8 +21,7 @@ def add_rms_norm(x: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor, eps
     """The residual sum and its RMSNorm, in HF's order of casts."""
     # x, delta: [S, d]; weight: [d] -> (x + delta, norm(x + delta)), both [S, d]
     x = x + delta
-    xf = x.float()
-    return x, weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+    return x, rms_norm(x, weight, eps)
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
