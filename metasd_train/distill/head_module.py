@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import MeanMetric
 
-from metasd_train.distill.module import Frozen
+from metasd_train.distill.module import Frozen, no_cudnn_attention
 from metasd_train.distill.optim import adamw_warmup_cosine
 from metasd_train.errors import UserError
 
@@ -103,9 +103,10 @@ class HeadDistillModule(L.LightningModule):
         return Targets(probs, on_draft, argmax, F.pad(valid, (0, 1)), self.head.t2d[argmax])
 
     def _unroll(self, batch) -> tuple[list[torch.Tensor], Targets]:
-        features, embeds, targets = self._teacher(batch)
-        dtype = self.head.fc.weight.dtype
-        outs = self.head.unroll(features.to(dtype), embeds.to(dtype), batch["attention_mask"], self.hparams.ttt_steps)
+        dtype, steps = self.head.fc.weight.dtype, self.hparams.ttt_steps
+        with no_cudnn_attention():  # every batch's padded length is a new shape to cuDNN
+            features, embeds, targets = self._teacher(batch)
+            outs = self.head.unroll(features.to(dtype), embeds.to(dtype), batch["attention_mask"], steps)
         return [self.head.logits(o) for o in outs], targets
 
     def training_step(self, batch, batch_idx):

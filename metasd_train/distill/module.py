@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import lightning as L
 import torch
 from torchmetrics import MeanMetric
@@ -15,6 +18,25 @@ class Frozen:
 
     def __init__(self, model):
         self.model = model.eval().requires_grad_(False)
+
+
+@contextmanager
+def no_cudnn_attention() -> Iterator[None]:
+    """SDPA without its cuDNN backend inside the block (flash, memory-efficient and math stay as set).
+
+    torch's CUDA builds with cuDNN newer than 9.15 (e.g. 2.11+cu130) try cuDNN first on H100/B200,
+    and cuDNN builds an execution plan on the host for every new (batch, length, mask) shape,
+    forward and backward apart: a fraction of a second to seconds of CPU while the GPU idles.
+    Distillation batches are padded to their longest sequence, so most steps bring new shapes (a
+    head step: the teacher's forward plus `ttt_steps` key lengths, forward and backward); the other
+    kernels plan nothing per shape. Backward runs the kernel its forward chose: wrap the forward.
+    """
+    enabled = torch.backends.cuda.cudnn_sdp_enabled()
+    torch.backends.cuda.enable_cudnn_sdp(False)
+    try:
+        yield
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(enabled)
 
 
 class DistillModule(L.LightningModule):
@@ -46,10 +68,12 @@ class DistillModule(L.LightningModule):
     def _logits(self, batch):
         # batch: input_ids/attention_mask/loss_mask [B, T] -> student, teacher logits [N, V] at masked positions
         mask = batch["loss_mask"]
-        with torch.no_grad():
-            t = self.teacher.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[mask]
-        s = self.student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[mask]
-        labels = batch["input_ids"][:, 1:][mask[:, :-1]]
+        ids, attn = batch["input_ids"], batch["attention_mask"]
+        with no_cudnn_attention():  # every batch's padded length is a new shape to cuDNN
+            with torch.no_grad():
+                t = self.teacher.model(input_ids=ids, attention_mask=attn).logits[mask]
+            s = self.student(input_ids=ids, attention_mask=attn).logits[mask]
+        labels = ids[:, 1:][mask[:, :-1]]
         return s, t[:, : s.shape[-1]], labels
 
     def training_step(self, batch, batch_idx):
