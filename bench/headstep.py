@@ -58,7 +58,8 @@ def parse_args(argv: list[str]) -> HeadStepArgs:
 def chain_ms(rt: HeadRuntime, k: int, reps: int) -> float:
     """Median milliseconds of the greedy chain graph of k drafts, its steps at positions AT.."""
     graph, _, _, pos, _ = rt._graph(("chain", k), next(sp for sp in rt.spans if sp >= AT + k))
-    torch.arange(AT, AT + pos.shape[0], device=pos.device, out=pos)
+    with torch.inference_mode():  # an engine warmed up under inference mode made `pos` an inference tensor
+        torch.arange(AT, AT + pos.shape[0], device=pos.device, out=pos)
     return graph_ms(graph, reps)
 
 

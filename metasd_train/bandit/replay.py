@@ -46,7 +46,7 @@ def record_of(req: dict, arm: int, pos: int, index: int, full: bool = False, asl
     """The logged round of `arm` at `pos` as the engine's RoundRecord; idle arms (not asleep) scored
     on its committed tokens."""
     r = req["arms"][arm][pos]
-    seconds = r["t_draft"] + r["t_verify"]
+    seconds = r["t_draft"] + r["t_verify"] + r.get("t_other", 0.0)  # logs before t_other: forwards only
     idle = {}
     if full:
         committed = r["accepted"] + 1

@@ -8,8 +8,10 @@ Each row carries what the engine's RoundRecord carries (tokens, divergence, time
 seconds, t_step, max_block), so bandit/replay.py turns it into a RoundRecord and every reward is
 computed by the same function as in the engine. Replaying these rows with any policy reproduces
 the engine's greedy rounds exactly (drafted, accepted); block divergence is exact up to the first
-rejection only (past it the log teacher-forces where the engine conditions on the draft), and the
-times are timed cache-free forwards, not the engine's measured rounds.
+rejection only (past it the log teacher-forces where the engine conditions on the draft). Times:
+the verify is a timed forward of the target; each arm's draft seconds per token and the rest of its
+round (host work, launches; what makes a cheap-to-draft arm's round dearer than its forwards) are
+measured on the engine's own rounds with that arm fixed.
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ class LogTiming:
     t_step: float  # the target, width 1: the target alone's time per token
     t_verify: float  # the target, width max_block: a verify forward
     max_block: int  # γmax + 1
-    t_token: list[float]  # per arm: seconds per drafted token (0 for the n-gram arm)
+    t_token: list[float]  # per arm: seconds per drafted token, from the engine's rounds
+    t_other: list[float] | None = None  # per arm: seconds of a round beyond its draft and verify
 
 
 def request_rows(request: int, domain: str, features: list[float], arms, blocks: list, timing: LogTiming) -> list[dict]:
@@ -67,6 +70,7 @@ def request_rows(request: int, domain: str, features: list[float], arms, blocks:
                     "divergence": div,
                     "t_draft": k * timing.t_token[i],
                     "t_verify": timing.t_verify,
+                    "t_other": timing.t_other[i] if timing.t_other else 0.0,
                     "t_step": timing.t_step,
                     "max_block": timing.max_block,
                 }

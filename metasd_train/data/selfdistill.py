@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from metasd_train.models.attention import no_cudnn_attention
 from metasd_train.models.tokenizers import eos_ids
 
 
@@ -41,13 +42,14 @@ def answer(
             else {"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0}
         )
         torch.manual_seed(int(torch.randint(1 << 30, (1,), generator=gen)))
-        seqs = model.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            max_new_tokens=max_new_tokens,
-            pad_token_id=pad,
-            eos_token_id=sorted(eos),
-            **kwargs,
-        )
+        with no_cudnn_attention():  # a new key length every token
+            seqs = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=pad,
+                eos_token_id=sorted(eos),
+                **kwargs,
+            )
         out.extend(_trim(s[width:].tolist(), eos) for s in seqs)
     return out

@@ -14,9 +14,10 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import MeanMetric
 
-from metasd_train.distill.module import Frozen, no_cudnn_attention
+from metasd_train.distill.module import Frozen
 from metasd_train.distill.optim import adamw_warmup_cosine
 from metasd_train.errors import UserError
+from metasd_train.models.attention import no_cudnn_attention
 
 METRICS = ("acceptance", "top1", "accept_len")
 

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import lightning as L
 import torch
 from torchmetrics import MeanMetric
 
 from metasd_train.distill.losses import acceptance, kd_loss
 from metasd_train.distill.optim import adamw_warmup_cosine
+from metasd_train.models.attention import no_cudnn_attention
 
 
 class Frozen:
@@ -18,25 +16,6 @@ class Frozen:
 
     def __init__(self, model):
         self.model = model.eval().requires_grad_(False)
-
-
-@contextmanager
-def no_cudnn_attention() -> Iterator[None]:
-    """SDPA without its cuDNN backend inside the block (flash, memory-efficient and math stay as set).
-
-    torch's CUDA builds with cuDNN newer than 9.15 (e.g. 2.11+cu130) try cuDNN first on H100/B200,
-    and cuDNN builds an execution plan on the host for every new (batch, length, mask) shape,
-    forward and backward apart: a fraction of a second to seconds of CPU while the GPU idles.
-    Distillation batches are padded to their longest sequence, so most steps bring new shapes (a
-    head step: the teacher's forward plus `ttt_steps` key lengths, forward and backward); the other
-    kernels plan nothing per shape. Backward runs the kernel its forward chose: wrap the forward.
-    """
-    enabled = torch.backends.cuda.cudnn_sdp_enabled()
-    torch.backends.cuda.enable_cudnn_sdp(False)
-    try:
-        yield
-    finally:
-        torch.backends.cuda.enable_cudnn_sdp(enabled)
 
 
 class DistillModule(L.LightningModule):

@@ -7,6 +7,7 @@ the bench report on, so the bandit fitted on this log is never evaluated on its 
 
 from __future__ import annotations
 
+import statistics
 from collections import defaultdict
 
 import datasets
@@ -21,11 +22,13 @@ from metasd_train.data.acceptance_log import LogTiming, arm_rows, request_rows
 from metasd_train.decoding.arms import NoDraftArm
 from metasd_train.decoding.assemble import build_arms, make_engine
 from metasd_train.decoding.head_arm import forget_hidden_states
+from metasd_train.models.attention import no_cudnn_attention
 from metasd_train.pipeline import plots, ranks
 from metasd_train.pipeline.context import StageContext
 from metasd_train.pipeline.stage_distill import drafter_specs
 
 SPLIT = "val"  # the log's prompts; "heldout" is for decode.py and the bench
+COST_TOKENS = 64  # new tokens each arm decodes, fixed, to time its rounds
 
 
 def log_prompts(ctx: StageContext) -> list[dict]:
@@ -47,22 +50,38 @@ def committed(alone, prompt: list[int], n: int) -> list[int]:
 def prompt_rows(ctx, engine, alone, arms, req: int, row: dict, timing: LogTiming) -> list[dict]:
     """One row per (arm, start position) of one prompt, exact against the target's greedy answer."""
     seq = committed(alone, row["prompt_ids"], ctx.cfg.decode.max_new_tokens)
-    _, rctx = engine.prefill(row["prompt_ids"], 1)
+    with no_cudnn_attention():  # each prompt's length is a new shape to the target's whole-sequence forwards
+        _, rctx = engine.prefill(row["prompt_ids"], 1)
+        blocks = [arm_rows(arm, seq, len(row["prompt_ids"]), ctx.target) for arm in arms]
     feats = [] if rctx.features is None else rctx.features.float().tolist()
-    blocks = [arm_rows(arm, seq, len(row["prompt_ids"]), ctx.target) for arm in arms]
     return request_rows(req, row["domain"], feats, arms, blocks, timing)
 
 
-def timing(engine) -> LogTiming:
+def arm_costs(engine, prompt: list[int], n: int) -> tuple[list[float], list[float]]:
+    """Per arm, from the engine's own rounds with that arm fixed (one decode of `n` tokens of `prompt`):
+    draft seconds per drafted token and the seconds a round spends beyond its draft and verify (host
+    bookkeeping, launches, the bandit, an n-gram's lookups when it has nothing to propose)."""
+    per_token, other = [], []
+    for i in range(len(engine.arms)):
+        rounds = engine.generate(prompt, n, chooser_for(None, fixed=i)[0]).rounds
+        drafted = sum(r.drafted for r in rounds)
+        per_token.append(sum(r.t_draft for r in rounds) / drafted if drafted else 0.0)
+        other.append(statistics.median(max(0.0, r.t_round - r.t_draft - r.t_verify) for r in rounds))
+    return per_token, other
+
+
+def timing(engine, prompt: list[int], n: int) -> LogTiming:
     """Timed once on rank 0 through the engine's own caches (graphs on a GPU) and broadcast, so the rows
     do not depend on how many ranks ran."""
     t = None
     if ranks.is_zero():
+        per_token, other = arm_costs(engine, prompt, n)
         t = LogTiming(
             engine.t_step or engine.calibrate(),  # warmup() has timed it already
             engine.forward_seconds(engine.target, engine.max_block),
             engine.max_block,
-            [engine.draft_seconds(i) for i in range(len(engine.arms))],
+            per_token,
+            other,
         )
     return ranks.broadcast(t)
 
@@ -94,8 +113,8 @@ def run(ctx: StageContext) -> dict:
     )
     engine.warmup()
     alone.warmup()
-    times = timing(engine)
     prompts = log_prompts(ctx)
+    times = timing(engine, prompts[0]["prompt_ids"], min(COST_TOKENS, cfg.decode.max_new_tokens))
     with Progress() as progress:
         task = progress.add_task(f"log_acceptance ({SPLIT} prompts)", total=len(prompts))
         rows = ranks.map_sharded(

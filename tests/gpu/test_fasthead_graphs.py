@@ -73,3 +73,16 @@ def test_a_graphed_sampled_chain_equals_the_eager_one_on_the_same_noise(head, co
         results.append(rt.sampled_chain(out[-1:], logits[-1:], 20, 4, params, torch.Generator("cuda").manual_seed(3)))
     assert results[0][0].tolist() == results[1][0].tolist()
     torch.testing.assert_close(results[0][1], results[1][1], rtol=0, atol=0)
+
+
+def test_chained_step_timing_on_a_runtime_captured_under_inference_mode(head):
+    """The bench times a link of the engine's chain after the engine warmed up under inference mode
+    (its buffers are inference tensors), from outside inference mode."""
+    from bench.headstep import chained_step_ms
+
+    embed = torch.nn.Embedding(V, head.config.hidden_size).to("cuda")
+    rt = HeadRuntime(head, embed, None, 512, True, gamma=4, fast=True, compile="fused")  # spans reach fastpath.AT
+    gen = torch.Generator("cuda").manual_seed(1)
+    features = torch.randn(40, 3 * head.config.hidden_size, device="cuda", generator=gen)
+    drafts(rt, head, features, torch.randint(0, V, (40,), device="cuda", generator=gen))
+    assert chained_step_ms(rt, 4, reps=5) > 0

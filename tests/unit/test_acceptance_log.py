@@ -64,3 +64,26 @@ def test_replay_of_a_reward_driven_policy_matches_the_engine_round_by_round(setu
     ours = [(r.arm, r.drafted, r.accepted) for r in replayed]
     assert ours == [(r.arm, r.drafted, r.accepted) for r in gen.rounds]
     assert len({r.arm for r in gen.rounds}) == len(arms) and sum(r.accepted for r in gen.rounds) > 0
+
+
+def test_replayed_rounds_cost_draft_verify_and_the_arms_measured_rest(setup):
+    """A round's replayed seconds = draft + verify + the rest its arm measured on the engine's rounds
+    (host work): without that rest, a cheap-to-draft arm looks faster than it decodes."""
+    target, arms = setup
+    timing = LogTiming(t_step=1.0, t_verify=1.1, max_block=4, t_token=[0.2, 0.1, 0.0], t_other=[0.3, 0.4, 0.5])
+    seq = [4, 9, 4, 9, 11, 4, 9, 4, 9, 11]
+    blocks = [arm_rows(arm, seq, 4, target) for arm in arms]
+    req = by_request(request_rows(0, "x", [], arms, blocks, timing))[0]
+    for i in range(len(arms)):
+        for r in walk(req, BanditChooser(FixedArm(len(arms), i))):
+            assert r.t_round == pytest.approx(timing.t_token[i] * r.drafted + 1.1 + timing.t_other[i])
+
+
+def test_arm_costs_come_from_the_engine_rounds(setup):
+    from metasd_train.pipeline.stage_log_acceptance import arm_costs
+
+    target, arms = setup
+    engine = SpecEngine(target, arms, eos_ids=[])
+    per_token, other = arm_costs(engine, [4, 9, 4, 9, 11, 4, 9], 12)
+    assert len(per_token) == len(other) == len(arms)
+    assert per_token[0] > 0 and per_token[1] > 0 and all(o >= 0 for o in other)
