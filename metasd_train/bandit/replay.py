@@ -4,7 +4,8 @@ The log holds, for each request, arm and start position, the round that arm woul
 A replay walks each request from position 0: the chooser picks an arm, the logged round becomes the
 engine's RoundRecord (`record_of`), the chooser scores it with the same reward functions as in the
 engine, and accepted tokens plus one advance the position. For greedy decoding this reproduces the
-engine's rounds exactly; times are the log's timed forwards.
+engine's rounds exactly; times are the log's (a timed verify forward, each arm's draft and the rest
+of its round measured on the engine's rounds).
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ def play(requests: dict[int, dict], make: Callable[[], BanditChooser], persist: 
 
 
 def summary(totals: dict[str, Totals]) -> dict[str, dict[str, float]]:
-    """Per domain and 'all': τ (tokens per round) and tokens/s (the log's timed forwards)."""
+    """Per domain and 'all': τ (tokens per round) and tokens/s (the log's times)."""
     groups = {d: [t] for d, t in sorted(totals.items())}
     groups["all"] = list(totals.values())
     out = {}

@@ -43,13 +43,13 @@ def arm_rows(arm, seq: list[int], prompt_len: int, target) -> list[tuple[int, in
 
 @dataclass(frozen=True)
 class LogTiming:
-    """Timed forwards shared by every row of a log (so rows do not depend on how many ranks ran)."""
+    """Times shared by every row of a log (so rows do not depend on how many ranks ran)."""
 
     t_step: float  # the target, width 1: the target alone's time per token
     t_verify: float  # the target, width max_block: a verify forward
     max_block: int  # γmax + 1
     t_token: list[float]  # per arm: seconds per drafted token, from the engine's rounds
-    t_other: list[float] | None = None  # per arm: seconds of a round beyond its draft and verify
+    t_other: list[float] | None = None  # per arm: a round's seconds beyond draft and verify, as the reward counts
 
 
 def request_rows(request: int, domain: str, features: list[float], arms, blocks: list, timing: LogTiming) -> list[dict]:

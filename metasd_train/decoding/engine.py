@@ -31,6 +31,7 @@ from metasd_train.decoding.sampling import (
 from metasd_train.decoding.static_cache import StaticLM, default_widths
 from metasd_train.decoding.timing import Stopwatch
 from metasd_train.errors import UserError
+from metasd_train.models.attention import no_cudnn_attention
 
 
 @dataclass
@@ -170,7 +171,8 @@ class SpecEngine:
         seq.extend(list(prompt))
         features = None
         if len(prompt) > 1:
-            _, hidden = self.target.forward(seq.ids[: len(prompt) - 1], hidden=True)
+            with no_cudnn_attention():  # the prefill is eager and every prompt length a new shape
+                _, hidden = self.target.forward(seq.ids[: len(prompt) - 1], hidden=True)
             features = hidden.float().mean(dim=0).double().cpu()
         return seq, RoundContext(features, sleepers=frozenset(self.sleepers))
 

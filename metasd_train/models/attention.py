@@ -14,12 +14,12 @@ def no_cudnn_attention() -> Iterator[None]:
 
     torch's CUDA builds with cuDNN newer than 9.15 (e.g. 2.11+cu130) try cuDNN first on H100/B200,
     and cuDNN builds an execution plan on the host for every new (batch, length, mask) shape,
-    forward and backward apart: a fraction of a second to seconds of CPU while the GPU idles.
+    forward and backward apart, while the GPU idles (bench/results/h100-distillstep/).
     Distillation batches are padded to their longest sequence, so most steps bring new shapes (a
     head step: the teacher's forward plus `ttt_steps` key lengths, forward and backward), and HF
     `generate` on a dynamic cache brings a new key length every token; the other kernels plan
-    nothing per shape. Backward runs the kernel its forward chose: wrap the forward. Decoding on
-    static caches (fixed shapes, captured graphs) keeps torch's default order.
+    nothing per shape. Backward runs the kernel its forward chose: wrap the forward. The engine's
+    prefill (eager, any prompt length) runs without it too; its captured graphs keep torch's order.
     """
     enabled = torch.backends.cuda.cudnn_sdp_enabled()
     torch.backends.cuda.enable_cudnn_sdp(False)

@@ -3,7 +3,7 @@ policies and rewards by replaying the log.
 
 Replays fit on the even requests of the log and play the odd ones; the exported policy is fitted on
 all of them. replay.json keeps the parts that depend only on the log's tokens ("deterministic":
-identical for identical logs) apart from those that depend on its timed forwards ("timed").
+identical for identical logs) apart from those that depend on its measured times ("timed").
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from rich.table import Table
 from metasd_train.atomic import atomic_dir
 from metasd_train.bandit.chooser import chooser_for
 from metasd_train.bandit.replay import by_request, fixed
+from metasd_train.bandit.rewards import round_seconds
 from metasd_train.config import arm_gamma
 from metasd_train.data.acceptance_log import LogTiming, arm_rows, request_rows
 from metasd_train.decoding.arms import NoDraftArm
@@ -28,7 +29,7 @@ from metasd_train.pipeline.context import StageContext
 from metasd_train.pipeline.stage_distill import drafter_specs
 
 SPLIT = "val"  # the log's prompts; "heldout" is for decode.py and the bench
-COST_TOKENS = 64  # new tokens each arm decodes, fixed, to time its rounds
+COST_TOKENS = 32  # new tokens each arm decodes, fixed, to time its rounds
 
 
 def log_prompts(ctx: StageContext) -> list[dict]:
@@ -57,17 +58,27 @@ def prompt_rows(ctx, engine, alone, arms, req: int, row: dict, timing: LogTiming
     return request_rows(req, row["domain"], feats, arms, blocks, timing)
 
 
+def round_costs(rounds) -> tuple[float | None, float]:
+    """(draft seconds per drafted token, mean seconds of a round beyond its draft and verify) of one
+    arm's rounds, counted as the engine's speed reward counts a round (rewards.round_seconds). The
+    first round is left out: it catches the arm up on the whole prompt, which a request pays once.
+    Per token is None when the arm drafted nothing there."""
+    body = rounds[1:] or rounds
+    drafted = sum(r.drafted for r in body)
+    per_token = sum(r.t_draft for r in body) / drafted if drafted else None
+    rest = statistics.fmean(max(0.0, round_seconds(r) - r.t_draft - r.t_verify) for r in body)
+    return per_token, rest
+
+
 def arm_costs(engine, prompt: list[int], n: int) -> tuple[list[float], list[float]]:
-    """Per arm, from the engine's own rounds with that arm fixed (one decode of `n` tokens of `prompt`):
-    draft seconds per drafted token and the seconds a round spends beyond its draft and verify (host
-    bookkeeping, launches, the bandit, an n-gram's lookups when it has nothing to propose)."""
-    per_token, other = [], []
+    """Per arm, from the engine's own rounds with that arm fixed (one decode of `n` new tokens of
+    `prompt`): round_costs, per token falling back on the arm's timed step where it drafted nothing."""
+    per_token, rest = [], []
     for i in range(len(engine.arms)):
-        rounds = engine.generate(prompt, n, chooser_for(None, fixed=i)[0]).rounds
-        drafted = sum(r.drafted for r in rounds)
-        per_token.append(sum(r.t_draft for r in rounds) / drafted if drafted else 0.0)
-        other.append(statistics.median(max(0.0, r.t_round - r.t_draft - r.t_verify) for r in rounds))
-    return per_token, other
+        token, other = round_costs(engine.generate(prompt, n, chooser_for(None, fixed=i)[0]).rounds)
+        per_token.append(engine.draft_seconds(i) if token is None else token)
+        rest.append(other)
+    return per_token, rest
 
 
 def timing(engine, prompt: list[int], n: int) -> LogTiming:

@@ -79,6 +79,21 @@ def test_replayed_rounds_cost_draft_verify_and_the_arms_measured_rest(setup):
             assert r.t_round == pytest.approx(timing.t_token[i] * r.drafted + 1.1 + timing.t_other[i])
 
 
+def test_round_costs_count_a_round_as_the_speed_reward_does_without_the_catch_up_round():
+    from metasd_train.decoding.records import RoundRecord
+    from metasd_train.pipeline.stage_log_acceptance import round_costs
+
+    def rec(drafted, t_draft, t_round, t_idle=0.0, t_bandit=0.0):
+        return RoundRecord(0, 0, "a", drafted, 0, 0.0, t_draft, 1.0, t_idle, t_bandit, t_round, 1.0, 4)
+
+    catch_up = rec(3, 9.0, 10.5)  # the first round drafts after catching up on the prompt
+    rounds = [catch_up, rec(3, 0.6, 1.9, t_idle=0.1, t_bandit=0.1), rec(1, 0.2, 1.6)]
+    per_token, rest = round_costs(rounds)
+    assert per_token == pytest.approx(0.8 / 4)
+    assert rest == pytest.approx(((1.9 - 0.2 - 0.6 - 1.0) + (1.6 - 0.2 - 1.0)) / 2)  # idle + bandit left out
+    assert round_costs([rec(0, 0.01, 1.2), rec(0, 0.01, 1.3)])[0] is None  # drafted nothing: no per-token cost
+
+
 def test_arm_costs_come_from_the_engine_rounds(setup):
     from metasd_train.pipeline.stage_log_acceptance import arm_costs
 
@@ -87,3 +102,4 @@ def test_arm_costs_come_from_the_engine_rounds(setup):
     per_token, other = arm_costs(engine, [4, 9, 4, 9, 11, 4, 9], 12)
     assert len(per_token) == len(other) == len(arms)
     assert per_token[0] > 0 and per_token[1] > 0 and all(o >= 0 for o in other)
+    assert arm_costs(engine, [4, 9, 4, 9, 11, 4, 9], 1)[0][0] > 0  # no round drafted: the timed step
