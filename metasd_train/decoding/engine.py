@@ -224,6 +224,7 @@ class SpecEngine:
         n, div, new = self._sync(n, nxt, div, draft)
         self.target.rewind(L + n)
         arm.commit(L + n)
+        watch.mark("commit")  # the sync and commit every round pays: host work, not idle scoring
         idle = self._score_idle(seq, new, p, i, asleep) if self.full_feedback else {}
         watch.mark("idle")
         times = watch.durations()

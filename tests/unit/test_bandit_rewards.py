@@ -87,3 +87,24 @@ def test_draft_cost_is_learned_from_rounds_where_the_arm_drafted():
     chooser.observe(None, record(t_draft=0.4, drafted=4))
     assert chooser.costs.per_token(0) == pytest.approx(0.1)
     assert chooser.costs.per_token(1) == 0.0  # the documented prior: free until it drafts
+
+
+def test_a_rounds_commit_counts_towards_its_speed_reward_not_as_idle_scoring():
+    """The sync and commit every round pays are the chosen arm's cost: the speed reward leaves out
+    idle scoring and the bandit's time only, so commit must not be booked as idle."""
+    import time
+
+    from metasd_train.bandit.chooser import BanditChooser
+    from metasd_train.bandit.policies import FixedArm
+    from metasd_train.bandit.rewards import round_seconds
+    from metasd_train.decoding.arms import NgramArm
+    from metasd_train.decoding.engine import SpecEngine
+    from metasd_train.models.random_init import tiny_llama
+
+    arm = NgramArm("ngram", 32, gamma=3)
+    commit = arm.commit
+    arm.commit = lambda n: (time.sleep(0.005), commit(n))  # a slow commit
+    engine = SpecEngine(tiny_llama(32, layers=2, seed=1), [arm], eos_ids=[])
+    rounds = engine.generate([4, 9, 4, 9, 11, 4, 9], 6, BanditChooser(FixedArm(1, 0))).rounds
+    assert all(r.t_idle < 0.002 for r in rounds)
+    assert all(round_seconds(r) - r.t_draft - r.t_verify >= 0.005 for r in rounds)
