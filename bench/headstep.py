@@ -29,6 +29,7 @@ from metasd_train.cli.args import check_ranges, parse
 from metasd_train.decoding.head_arm import HeadRuntime
 from metasd_train.decoding.static_cache import StaticLM, default_widths
 from metasd_train.errors import UserError, one_line_errors
+from metasd_train.models import pick_dtype
 from metasd_train.models.head import build_head
 
 VARIANTS = ("plain", "none", "fused", "layer")
@@ -153,8 +154,9 @@ def target_model(args: HeadStepArgs):
     if args.target in RANDOM_SHAPES:
         from metasd_train.models.random_init import random_lm
 
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
-        return random_lm(RANDOM_SHAPES[args.target], "llama", 0).to("cuda", dtype)
+        return random_lm(RANDOM_SHAPES[args.target], "llama", 0).to(
+            "cuda", pick_dtype(args.dtype, torch.device("cuda"))
+        )
     from metasd_train.models import load_model
 
     return load_model({"name": args.target, "dtype": args.dtype}, "cuda").model
