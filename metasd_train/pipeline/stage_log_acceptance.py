@@ -51,8 +51,8 @@ def committed(alone, prompt: list[int], n: int) -> list[int]:
 def prompt_rows(ctx, engine, alone, arms, req: int, row: dict, timing: LogTiming) -> list[dict]:
     """One row per (arm, start position) of one prompt, exact against the target's greedy answer."""
     seq = committed(alone, row["prompt_ids"], ctx.cfg.decode.max_new_tokens)
+    _, rctx = engine.prefill(row["prompt_ids"], 1)  # the engine's prefill runs without cuDNN itself
     with no_cudnn_attention():  # each prompt's length is a new shape to the target's whole-sequence forwards
-        _, rctx = engine.prefill(row["prompt_ids"], 1)
         blocks = [arm_rows(arm, seq, len(row["prompt_ids"]), ctx.target) for arm in arms]
     feats = [] if rctx.features is None else rctx.features.float().tolist()
     return request_rows(req, row["domain"], feats, arms, blocks, timing)
