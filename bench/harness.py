@@ -101,6 +101,7 @@ class Bench:
     startup: dict[str, float] = field(default_factory=dict)
     engines: dict = field(default_factory=dict)  # engine_label(...) -> warmed engine
     builds: dict = field(default_factory=dict)  # the same labels -> build and warm-up seconds
+    warmups: dict = field(default_factory=dict)  # the same labels -> per-cache warm-up seconds and graphs
     shipped_engine: str | None = None  # the label of the engine the shipped policy decodes with (greedy)
     start: float = field(default_factory=time.perf_counter)
 
@@ -108,6 +109,7 @@ class Bench:
         t = time.perf_counter()
         self.ens = load_ensemble(self.args.run, self.args.device)
         self.startup["ensemble_load_s"] = time.perf_counter() - t
+        self.startup["load_s"] = self.ens.load_seconds
         tok = self.ens.target.tokenizer
         qs = pick_prompts(self.args.prompts, self.args.per_category)
         self.prompts = [Prompt(chat_ids(tok, q["turns"][0]), q["category"], i) for i, q in enumerate(qs)]
@@ -151,6 +153,7 @@ class Bench:
             engine.generate(self.prompts[0].ids, min(8, self.n), chooser_for(None, fixed=0)[0])
             self.engines[key] = engine
             self.builds[key] = {"engine_build_s": built, "engine_warmup_s": warm}
+            self.warmups[key] = engine.warmup_profile
         return self.engines[key]
 
     def over_budget(self) -> bool:

@@ -46,7 +46,7 @@ def meta(b: Bench, total_s: float) -> dict:
         "max_new_tokens": a.max_new_tokens,
         "baseline": baseline(b),
         "shipped": shipped_row(b),
-        "startup": b.startup | {"engines": b.builds},
+        "startup": b.startup | {"engines": b.builds, "warmup_by_cache": b.warmups},
         "total_s": total_s,
         "notes": b.notes,
         "greedy_mismatches_vs_baseline": mismatches(b) if b.results else {},

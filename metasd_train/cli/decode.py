@@ -111,6 +111,15 @@ class Baseline:
         return secs / max(len(tokens), 1)
 
 
+def seconds_by_name(times: dict) -> str:
+    """'target 3.1s, code 0.4s (22 graphs), ...' from {name: seconds} or {name: {"seconds", "graphs"}}."""
+    parts = []
+    for name, t in times.items():
+        extra = f" ({t['graphs']} graphs)" if isinstance(t, dict) and t.get("graphs") else ""
+        parts.append(f"{name} {t['seconds'] if isinstance(t, dict) else t:.1f}s{extra}")
+    return ", ".join(parts)
+
+
 class Streamer:
     def __init__(self, tokenizer, console: Console):
         self.tok, self.console, self.ids, self.shown = tokenizer, console, [], ""
@@ -138,7 +147,10 @@ def decode(args: DecodeArgs, console: Console | None = None) -> dict:
     model, tok = ens.target.model, ens.target.tokenizer
     engine = make_engine(model, tok, ens.arms, dcfg, full_feedback=feedback == "full")
     engine.check_request(1, int(dcfg.max_new_tokens))
-    console.print(f"start-up: graphs captured and target step timed in {engine.warmup():.1f}s (fast={engine.fast})")
+    warm = engine.warmup()
+    console.print(f"start-up: loaded in {sum(ens.load_seconds.values()):.1f}s ({seconds_by_name(ens.load_seconds)})")
+    console.print(f"start-up: graphs captured and target step timed in {warm:.1f}s (fast={engine.fast})"
+                  + (f" ({seconds_by_name(engine.warmup_profile)})" if engine.warmup_profile else ""))  # fmt: skip
     if engine.fast and getattr(engine.target, "fallback", None):
         console.print(f"fast path: the target runs through its HF forward ({engine.target.fallback})")
     baseline = Baseline(engine, model, tok, dcfg) if args.baseline else None

@@ -7,6 +7,7 @@ function instead of growing an if-chain.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import torch
@@ -70,8 +71,8 @@ def register_arm(family: str):
     return register
 
 
-def build_arms(specs: list[dict], target, tokenizer, ngram_gamma: int | None) -> list:
-    """One arm per spec, then the n-gram arm when `ngram_gamma` is set."""
+def build_arms(specs: list[dict], target, tokenizer, ngram_gamma: int | None, seconds: dict | None = None) -> list:
+    """One arm per spec, then the n-gram arm when `ngram_gamma` is set; `seconds` gets each load's time."""
     arms = []
     for spec in specs:
         family = spec.get("arm", "model")
@@ -79,7 +80,10 @@ def build_arms(specs: list[dict], target, tokenizer, ngram_gamma: int | None) ->
             raise UserError(
                 f"drafter {spec['name']!r} has unknown arm family {family!r}; known: {', '.join(ARM_BUILDERS)}"
             )
+        start = time.perf_counter()
         arms.append(ARM_BUILDERS[family](spec, target, tokenizer))
+        if seconds is not None:
+            seconds[spec["name"]] = round(time.perf_counter() - start, 2)
     if ngram_gamma:
         arms.append(NgramArm("ngram", target.config.vocab_size, gamma=ngram_gamma))
     return arms

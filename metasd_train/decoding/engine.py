@@ -90,6 +90,7 @@ class SpecEngine:
         self.feature_layers = feature_layers(arms)
         self.target = self.make_lm(target, self.feature_layers)
         self.runtimes = {i: arm.runtime(self) for i, arm in enumerate(arms)}  # this engine's caches per arm
+        self.warmup_profile: dict[str, dict] = {}  # filled by warmup()
         self.sleepers = [i for i, arm in enumerate(arms) if arm.may_sleep]
         self.generator: torch.Generator | None = None
         self.t_step: float | None = None
@@ -109,11 +110,17 @@ class SpecEngine:
         return {i: rt for i, rt in self.runtimes.items() if self.arms[i].kind == "model"}
 
     def warmup(self) -> float:
-        """Capture every CUDA graph of the fast path and time one target step; returns the seconds it took."""
+        """Capture every CUDA graph of the fast path and time one target step; returns the seconds it took.
+        `warmup_profile` keeps, per cache (target, then arms by name), its seconds and graphs."""
         start = time.perf_counter()
-        for rt in [self.target, *self.runtimes.values()]:
+        named = [("target", self.target), *((self.arms[i].name, rt) for i, rt in self.runtimes.items())]
+        self.warmup_profile = {}
+        for name, rt in named:
             if hasattr(rt, "warmup"):
+                t = time.perf_counter()
                 rt.warmup()
+                graphs = len(getattr(rt, "_captured", ()))
+                self.warmup_profile[name] = {"seconds": round(time.perf_counter() - t, 3), "graphs": graphs}
         self.calibrate()
         return time.perf_counter() - start
 

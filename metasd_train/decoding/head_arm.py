@@ -24,6 +24,9 @@ from metasd_train.decoding.static_cache import spans_for
 from metasd_train.decoding.timing import Stopwatch
 
 CATCH_UP_WIDTH = 32  # positions per catch-up forward (graph widths 1..CATCH_UP_WIDTH in powers of 2)
+# A head is one layer: attending 1,024 slots instead of 256 costs it little, while every span is
+# a graph per width and chain length for each head of an ensemble, captured at start-up.
+HEAD_SMALLEST_SPAN = 1024
 
 
 class HeadRuntime:
@@ -46,7 +49,7 @@ class HeadRuntime:
         self.net = HeadSteps(head, embed) if self.fallback else FastHead(head, embed, length, compile)
         self.cache = self.net.new_cache(length)
         self.device = self.cache.k.device
-        self.spans = spans_for(capacity + CATCH_UP_WIDTH)
+        self.spans = spans_for(capacity + CATCH_UP_WIDTH, HEAD_SMALLEST_SPAN)
         self.widths = tuple(w for w in (1, 2, 4, 8, 16, CATCH_UP_WIDTH))
         self.graphs, self._captured = graphs, {}
         self.seen = 0  # positions [0, seen) hold entries computed from true target features

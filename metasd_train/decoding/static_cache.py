@@ -57,9 +57,10 @@ class PositionCache(Cache):
 
 
 def spans_for(length: int, smallest: int = 256) -> tuple[int, ...]:
-    """Attended prefixes: 256, 512, ... below `length`, then `length` itself."""
+    """Attended prefixes: `smallest`, twice that, ... then `length` itself. A power of two within
+    a quarter of `length` is left out (2048 below 2080 would add a graph per width for 32 slots)."""
     spans, s = [], smallest
-    while s < length:
+    while s < 0.8 * length:
         spans.append(s)
         s *= 2
     return (*spans, length)

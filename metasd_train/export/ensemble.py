@@ -12,7 +12,8 @@ loader flag: a handed-over export never decides how code is trusted.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from metasd_train.atomic import write_json
@@ -95,6 +96,7 @@ class Ensemble:
     folder: Path
     target: object  # models.LoadedModel
     arms: list
+    load_seconds: dict = field(default_factory=dict)  # "target" and each drafter by name
 
     @property
     def arm_names(self) -> list[str]:
@@ -111,7 +113,9 @@ def load_ensemble(folder: str | Path, device="auto", dtype: str = "auto", arm: s
     manifest = read_ensemble(folder)
     t = manifest["target"]
     spec = {k: t[k] for k in ("name", "config", "seed", "tokenizer") if k in t}
+    start = time.perf_counter()
     target = load_model({**spec, "dtype": dtype}, pick_device(str(device)))
+    seconds = {"target": round(time.perf_counter() - start, 2)}
     if fingerprint(target.model) != t["fingerprint"]:
         raise UserError(
             f"the target {t['name']!r} found here is not the one {folder} was trained for "
@@ -124,4 +128,5 @@ def load_ensemble(folder: str | Path, device="auto", dtype: str = "auto", arm: s
         if arm not in names:
             raise UserError(f"arm={arm!r} is not in this ensemble; choose one of: {', '.join(names)}")
         specs, ngram = [s for s in specs if s["name"] == arm], ngram if arm == "ngram" else None
-    return Ensemble(manifest, folder, target, build_arms(specs, target.model, target.tokenizer, ngram))
+    arms = build_arms(specs, target.model, target.tokenizer, ngram, seconds)
+    return Ensemble(manifest, folder, target, arms, seconds)
