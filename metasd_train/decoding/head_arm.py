@@ -51,7 +51,7 @@ class HeadRuntime:
         self.device = self.cache.k.device
         self.spans = spans_for(capacity + CATCH_UP_WIDTH, HEAD_SMALLEST_SPAN)
         self.widths = tuple(w for w in (1, 2, 4, 8, 16, CATCH_UP_WIDTH))
-        self.graphs, self._captured = graphs, {}
+        self.graphs, self._captured, self._pool = graphs, {}, None  # graphs share a pool, as StaticLM's
         self.seen = 0  # positions [0, seen) hold entries computed from true target features
 
     def reset(self) -> None:
@@ -119,8 +119,9 @@ class HeadRuntime:
                 run()
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, pool=self._pool):
             out = run()
+        self._pool = self._pool or graph.pool()
         return (graph, *inputs, *(out if isinstance(out, tuple) else (out,)))
 
     def chain(self, hidden: torch.Tensor, logits: torch.Tensor, start: int, k: int) -> torch.Tensor:

@@ -145,6 +145,7 @@ class StaticLM:
             self._base = {w: torch.arange(w, device=self.device) for w in self.widths}
         self.spans = spans_for(length)
         self._captured: dict[tuple[int, int], tuple] = {}  # (width, span) -> (graph, ids, pos, logits)
+        self._pool = None  # the memory pool all of this cache's graphs share (graph_pool below)
         self.seen = 0
 
     @property
@@ -204,7 +205,8 @@ class StaticLM:
 
     def _capture(self, w: int, span: int) -> tuple:
         """Capture one forward shape. Warm-up and capture write only margin slots past max_len (the
-        positions are a buffer, so replays write where they are told)."""
+        positions are a buffer, so replays write where they are told). The graphs share one memory
+        pool: they replay one at a time and every caller copies a graph's output out at once."""
         ids = torch.zeros(w, dtype=torch.long, device=self.device)
         pos = self._base[w] + self.max_len
         stream = torch.cuda.Stream()
@@ -214,8 +216,9 @@ class StaticLM:
                 self.net.forward(ids, pos, span)
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, pool=self._pool):
             logits = self.net.forward(ids, pos, span)[0]
+        self._pool = self._pool or graph.pool()
         return graph, ids, pos, logits
 
     def warmup(self) -> None:

@@ -9,7 +9,8 @@ from test_engine_sampling import chi_square_p  # tests/unit is on sys.path under
 
 from metasd_train.decoding.arms import ModelArm, NgramArm
 from metasd_train.decoding.engine import SpecEngine
-from metasd_train.decoding.head_arm import HeadArm
+from metasd_train.decoding.head_arm import HeadArm, HeadRuntime
+from metasd_train.decoding.static_cache import spans_for
 from metasd_train.decoding.sampling import SamplingParams
 from metasd_train.models.draft_vocab import token_counts
 from metasd_train.models.drafters import truncated
@@ -197,3 +198,19 @@ def test_the_heads_of_an_ensemble_share_one_target_forward_per_logged_sequence(t
     assert first == arms[0].block_matches(seq, 3, target)  # the shared states are the target's own
     arms[0].block_matches(seq + [8], 3, counted)
     assert len(calls) == 2  # another sequence: a new forward
+
+
+def test_warmup_profiles_the_target_and_every_cached_arm(target, arms):
+    engine = engine_for(target, arms, fast=True)
+    engine.warmup()
+    profile = engine.warmup_profile  # the n-gram has no cache; a request per arm pays first-call costs
+    assert list(profile) == ["target", "head_full", "head_small", "trunc", "first requests"]
+    assert all(p["seconds"] >= 0 and p["graphs"] == 0 for p in profile.values())  # no graphs on CPU
+
+
+def test_spans_leave_out_a_power_of_two_just_below_the_length(target, arms):
+    assert spans_for(2080) == (256, 512, 1024, 2080)  # not 2048 as well: a graph per width for 32 slots
+    assert spans_for(1500) == (256, 512, 1024, 1500)
+    assert spans_for(200) == (200,)
+    head = HeadRuntime(arms[0].head, target.get_input_embeddings(), None, 2048, False, 3)
+    assert head.spans == (1024, 2080)  # a head's first span is HEAD_SMALLEST_SPAN
