@@ -10,8 +10,8 @@ from test_engine_sampling import chi_square_p  # tests/unit is on sys.path under
 from metasd_train.decoding.arms import ModelArm, NgramArm
 from metasd_train.decoding.engine import SpecEngine
 from metasd_train.decoding.head_arm import HeadArm, HeadRuntime
-from metasd_train.decoding.static_cache import spans_for
 from metasd_train.decoding.sampling import SamplingParams
+from metasd_train.decoding.static_cache import spans_for
 from metasd_train.models.draft_vocab import token_counts
 from metasd_train.models.drafters import truncated
 from metasd_train.models.head import build_head
