@@ -145,8 +145,12 @@ class SpecEngine:
         """A short request with each arm pinned, so that no user request pays a first call's costs
         (an eager prefill, lazily built state, the first pass through each arm's code)."""
         prompt = [t for t in range(min(self.vocab_size, 64)) if t not in self.eos_ids][:8]
-        for i in range(len(self.arms)):
-            self.generate(prompt, WARMUP_TOKENS, Pinned(i))
+        saved = self.generator.get_state() if self.generator is not None else None
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            for i in range(len(self.arms)):  # sampled requests draw: the caller's random state is kept
+                self.generate(prompt, WARMUP_TOKENS, Pinned(i))
+        if saved is not None:
+            self.generator.set_state(saved)
 
     def calibrate(self) -> float:
         """Seconds of one width-1 target forward: the speed reward's unit (the target alone)."""

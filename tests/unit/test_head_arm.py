@@ -208,6 +208,17 @@ def test_warmup_profiles_the_target_and_every_cached_arm(target, arms):
     assert all(p["seconds"] >= 0 and p["graphs"] == 0 for p in profile.values())  # no graphs on CPU
 
 
+def test_warmup_requests_leave_the_random_state_as_they_found_it(target, arms):
+    for own in (None, torch.Generator().manual_seed(5)):  # draws from torch's random state, or the engine's
+        engine = SpecEngine(target, arms, SamplingParams(temperature=1.0), eos_ids=[1], fast=True, max_len=256)
+        engine.generator = own
+        torch.manual_seed(7)
+        before = (own or torch.default_generator).get_state()
+        engine.warmup()
+        assert "first requests" in engine.warmup_profile  # sampled requests ran, drawing random numbers
+        assert torch.equal((own or torch.default_generator).get_state(), before)
+
+
 def test_spans_leave_out_a_power_of_two_just_below_the_length(target, arms):
     assert spans_for(2080) == (256, 512, 1024, 2080)  # not 2048 as well: a graph per width for 32 slots
     assert spans_for(1500) == (256, 512, 1024, 1500)
