@@ -13,7 +13,6 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from metasd_train.bandit.chooser import chooser_for
 from metasd_train.data.prompts import chat_ids, read_questions
 from metasd_train.decoding.arms import NoDraftArm
 from metasd_train.decoding.assemble import make_engine
@@ -98,7 +97,7 @@ class Bench:
     prompts: list[Prompt] = field(default_factory=list)
     results: dict[str, Result] = field(default_factory=dict)
     notes: dict = field(default_factory=dict)
-    startup: dict[str, float] = field(default_factory=dict)
+    startup: dict = field(default_factory=dict)  # ensemble_load_s, load_s (per model)
     engines: dict = field(default_factory=dict)  # engine_label(...) -> warmed engine
     builds: dict = field(default_factory=dict)  # the same labels -> build and warm-up seconds
     warmups: dict = field(default_factory=dict)  # the same labels -> per-cache warm-up seconds and graphs
@@ -149,8 +148,7 @@ class Bench:
                 self.model, self.ens.target.tokenizer, arms, self.decode_cfg(temperature), full_feedback
             )
             built = time.perf_counter() - t
-            warm = engine.warmup()
-            engine.generate(self.prompts[0].ids, min(8, self.n), chooser_for(None, fixed=0)[0])
+            warm = engine.warmup()  # its first requests pay every first-call cost
             self.engines[key] = engine
             self.builds[key] = {"engine_build_s": built, "engine_warmup_s": warm}
             self.warmups[key] = engine.warmup_profile

@@ -147,9 +147,10 @@ def decode(args: DecodeArgs, console: Console | None = None) -> dict:
     model, tok = ens.target.model, ens.target.tokenizer
     engine = make_engine(model, tok, ens.arms, dcfg, full_feedback=feedback == "full")
     engine.check_request(1, int(dcfg.max_new_tokens))
-    warm = engine.warmup()
     console.print(f"start-up: loaded in {sum(ens.load_seconds.values()):.1f}s ({seconds_by_name(ens.load_seconds)})")
-    console.print(f"start-up: graphs captured and target step timed in {warm:.1f}s (fast={engine.fast})"
+    warm = engine.warmup()
+    what = "graphs captured, target step timed, a first request per arm" if engine.fast else "target step timed"
+    console.print(f"start-up: {what} in {warm:.1f}s (fast={engine.fast})"
                   + (f" ({seconds_by_name(engine.warmup_profile)})" if engine.warmup_profile else ""))  # fmt: skip
     if engine.fast and getattr(engine.target, "fallback", None):
         console.print(f"fast path: the target runs through its HF forward ({engine.target.fallback})")

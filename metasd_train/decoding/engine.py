@@ -64,7 +64,7 @@ class Pinned(Chooser):
         return self.arm
 
 
-WARMUP_TOKENS = 12  # new tokens of each warm-up request: a few rounds of every arm
+WARMUP_PROMPT, WARMUP_TOKENS = 8, 12  # prompt and new tokens of each warm-up request: a few rounds of every arm
 
 
 def feature_layers(arms: list) -> tuple[int, ...] | None:
@@ -123,8 +123,9 @@ class SpecEngine:
         return {i: rt for i, rt in self.runtimes.items() if self.arms[i].kind == "model"}
 
     def warmup(self) -> float:
-        """Capture every CUDA graph of the fast path and time one target step; returns the seconds it took.
-        `warmup_profile` keeps, per cache (target, then arms by name), its seconds and graphs."""
+        """Capture every CUDA graph of the fast path, time one target step and, on the fast path, run
+        the first requests; returns the seconds it took. `warmup_profile` keeps, per cache (target,
+        then arms by name) and for the first requests, its seconds and graphs."""
         start = time.perf_counter()
         named = [("target", self.target), *((self.arms[i].name, rt) for i, rt in self.runtimes.items())]
         self.warmup_profile = {}
@@ -132,25 +133,42 @@ class SpecEngine:
             if hasattr(rt, "warmup"):
                 t = time.perf_counter()
                 rt.warmup()
-                graphs = len(getattr(rt, "_captured", ()))
+                self._sync_device()  # a cache's queued work is billed to it, not to the next
+                graphs = getattr(rt, "graph_count", 0)
                 self.warmup_profile[name] = {"seconds": round(time.perf_counter() - t, 3), "graphs": graphs}
         self.calibrate()
         if self.fast:
             t = time.perf_counter()
             self.first_requests()
+            self._sync_device()
             self.warmup_profile["first requests"] = {"seconds": round(time.perf_counter() - t, 3), "graphs": 0}
         return time.perf_counter() - start
 
+    def _sync_device(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
     def first_requests(self) -> None:
         """A short request with each arm pinned, so that no user request pays a first call's costs
-        (an eager prefill, lazily built state, the first pass through each arm's code)."""
-        prompt = [t for t in range(min(self.vocab_size, 64)) if t not in self.eos_ids][:8]
+        (an eager prefill, lazily built state, the first pass through each arm's code). The prompt
+        repeats, so that the n-gram arm finds matches; EOS does not end them, so every request runs
+        its rounds; the caller's random state is kept (sampled requests draw)."""
+        ids = [t for t in range(min(self.vocab_size, 64)) if t not in self.eos_ids][:3]
+        n_prompt = min(WARMUP_PROMPT, self.max_len // 2)
+        n_new = min(WARMUP_TOKENS, self.max_len - n_prompt)
+        if not ids or n_prompt < 1 or n_new < 1:
+            return
+        prompt = (ids * n_prompt)[:n_prompt]
         saved = self.generator.get_state() if self.generator is not None else None
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            for i in range(len(self.arms)):  # sampled requests draw: the caller's random state is kept
-                self.generate(prompt, WARMUP_TOKENS, Pinned(i))
-        if saved is not None:
-            self.generator.set_state(saved)
+        eos, self.eos_ids = self.eos_ids, frozenset()
+        try:
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                for i in range(len(self.arms)):
+                    self.generate(prompt, n_new, Pinned(i))
+        finally:
+            self.eos_ids = eos
+            if saved is not None:
+                self.generator.set_state(saved)
 
     def calibrate(self) -> float:
         """Seconds of one width-1 target forward: the speed reward's unit (the target alone)."""
@@ -218,6 +236,8 @@ class SpecEngine:
         chooser: Chooser,
         on_tokens: Callable[[list[int]], None] | None = None,
     ) -> Generation:
+        """Decode up to `max_new_tokens` after `prompt`; `on_tokens` gets each round's committed tokens.
+        The Generation's seconds leave out the time spent in `on_tokens`."""
         self.check_request(len(prompt), max_new_tokens)
         if self.t_step is None:
             self.calibrate()
@@ -232,8 +252,10 @@ class SpecEngine:
             if hit := [i for i, t in enumerate(new) if t in self.eos_ids]:
                 new, stop = new[: hit[0] + 1], "eos"
             seq.extend(new)
-            if on_tokens:
+            if on_tokens:  # the caller's time (a streaming printer): not the request's
+                t_caller = time.perf_counter()
                 on_tokens(new)
+                start += time.perf_counter() - t_caller
             if stop == "eos":
                 break
             ctx.round += 1

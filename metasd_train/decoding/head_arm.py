@@ -24,8 +24,9 @@ from metasd_train.decoding.static_cache import spans_for
 from metasd_train.decoding.timing import Stopwatch
 
 CATCH_UP_WIDTH = 32  # positions per catch-up forward (graph widths 1..CATCH_UP_WIDTH in powers of 2)
-# A head is one layer: attending 1,024 slots instead of 256 costs it little, while every span is
-# a graph per width and chain length for each head of an ensemble, captured at start-up.
+# A head is one layer: attending 1,024 slots instead of 256 costs it little (draft ms per round in
+# bench/results/h100-qwen-coder-32c8c0e against -3d67a31), while every span is a graph per width and
+# chain length for each head of an ensemble, captured at start-up.
 HEAD_SMALLEST_SPAN = 1024
 
 
@@ -53,6 +54,10 @@ class HeadRuntime:
         self.widths = tuple(w for w in (1, 2, 4, 8, 16, CATCH_UP_WIDTH))
         self.graphs, self._captured, self._pool = graphs, {}, None  # graphs share a pool, as StaticLM's
         self.seen = 0  # positions [0, seen) hold entries computed from true target features
+
+    @property
+    def graph_count(self) -> int:
+        return len(self._captured)
 
     def reset(self) -> None:
         self.seen = 0
@@ -85,7 +90,7 @@ class HeadRuntime:
         id_buf[:s].copy_(ids)
         torch.arange(start, start + w, device=self.device, out=pos_buf)
         graph.replay()
-        return out[:s].clone(), logits[:s].clone()  # graph outputs are overwritten by the next replay
+        return out[:s].clone(), logits[:s].clone()  # outputs are overwritten by the next replay of any graph here
 
     def _forward(self, hidden, ids, pos, span):
         return self.net.step(hidden, ids, pos, self.cache, span)

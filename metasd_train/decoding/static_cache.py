@@ -57,8 +57,9 @@ class PositionCache(Cache):
 
 
 def spans_for(length: int, smallest: int = 256) -> tuple[int, ...]:
-    """Attended prefixes: `smallest`, twice that, ... then `length` itself. A power of two within
-    a quarter of `length` is left out (2048 below 2080 would add a graph per width for 32 slots)."""
+    """Attended prefixes: `smallest`, twice that, ... then `length` itself. A power of two s that
+    `length` exceeds by at most a quarter (length <= 1.25 s) is left out: 2048 below 2080 would add
+    a graph per width for 32 slots."""
     spans, s = [], smallest
     while s < 0.8 * length:
         spans.append(s)
@@ -145,12 +146,16 @@ class StaticLM:
             self._base = {w: torch.arange(w, device=self.device) for w in self.widths}
         self.spans = spans_for(length)
         self._captured: dict[tuple[int, int], tuple] = {}  # (width, span) -> (graph, ids, pos, logits)
-        self._pool = None  # the memory pool all of this cache's graphs share (graph_pool below)
+        self._pool = None  # the memory pool all of this cache's graphs share (see _capture)
         self.seen = 0
 
     @property
     def features(self) -> torch.Tensor | None:
         return self.net.features
+
+    @property
+    def graph_count(self) -> int:
+        return len(self._captured)
 
     def reset(self) -> None:
         self.seen = 0  # slots are overwritten before they are attended
@@ -195,7 +200,7 @@ class StaticLM:
             ids_buf = torch.cat([ids, ids.new_zeros(w - s)])
             logits = self.net.forward(ids_buf, self._base[w] + self.seen, span)[0]
         self.seen += s
-        # a copy even in fp32: the graph's output buffer is overwritten by its next replay
+        # a copy even in fp32: the output buffer is overwritten by the next replay of any of this cache's graphs
         return align_vocab(logits[:s].to(torch.float32, copy=True), self.vocab_size)
 
     def _graph(self, w: int, span: int) -> tuple:
@@ -206,7 +211,9 @@ class StaticLM:
     def _capture(self, w: int, span: int) -> tuple:
         """Capture one forward shape. Warm-up and capture write only margin slots past max_len (the
         positions are a buffer, so replays write where they are told). The graphs share one memory
-        pool: they replay one at a time and every caller copies a graph's output out at once."""
+        pool: they replay one at a time and every caller copies a graph's output out at once. Every
+        input and long-lived buffer is allocated before capture, outside the pool; a tensor made
+        during a capture and kept past it would share memory with later graphs' intermediates."""
         ids = torch.zeros(w, dtype=torch.long, device=self.device)
         pos = self._base[w] + self.max_len
         stream = torch.cuda.Stream()

@@ -1,6 +1,7 @@
 """Greedy speculative decoding is token-identical to the target's own greedy generate."""
 
 import random
+import time
 
 import pytest
 import torch
@@ -191,3 +192,26 @@ def test_static_lm_logits_equal_a_full_forward_across_spans_and_rewinds(models):
             lm.rewind(start + rng.randrange(n))  # a rejection: what follows differs from what was there
             rewinds += 1
     assert rewinds >= 3
+
+
+@pytest.mark.parametrize("max_len", [3, 16, 64])
+def test_warmup_requests_fit_any_max_len_and_keep_the_output_exact(models, max_len):
+    engine = make_engine(models, fast=True, max_len=max_len)
+    engine.warmup()  # a request per arm, shortened to fit the cache; EOS does not end them
+    assert "first requests" in engine.warmup_profile and engine.eos_ids == {1}
+    prompt = [3, 4, 5, 3, 4][: max_len - 1]
+    n = max_len - len(prompt)
+    assert engine.generate(prompt, n, BanditChooser(RandomArm(len(engine.arms), seed=1))).tokens == reference(
+        models["target"], prompt, n
+    )
+
+
+def test_request_seconds_leave_out_the_callers_on_tokens(models):
+    engine, slept = make_engine(models), []
+
+    def slow_printer(new):
+        time.sleep(0.02)
+        slept.append(0.02)
+
+    gen = engine.generate([3, 4, 5, 6], 16, BanditChooser(RandomArm(len(engine.arms), seed=2)), on_tokens=slow_printer)
+    assert len(slept) == len(gen.rounds) and gen.seconds < sum(slept)  # the printer's time is not the request's

@@ -12,7 +12,7 @@ from metasd_train.decoding.cache import CachedLM
 from metasd_train.decoding.engine import SpecEngine
 from metasd_train.decoding.fastmodel import FastModel, unsupported
 from metasd_train.decoding.sampling import SamplingParams
-from metasd_train.decoding.static_cache import HFForward, StaticLM
+from metasd_train.decoding.static_cache import HFForward, StaticLM, spans_for
 from metasd_train.errors import UserError
 from metasd_train.models.drafters import truncated
 from metasd_train.models.random_init import tiny_llama, tiny_qwen2
@@ -135,3 +135,10 @@ def test_engine_with_the_fast_forward_matches_hf_greedy(model):
         n = rng.randint(4, 20)
         ref = model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=n, eos_token_id=1, pad_token_id=1)
         assert engine.generate(prompt, n, chooser).tokens == ref[0, len(prompt) :].tolist()
+
+
+def test_spans_leave_out_a_power_of_two_the_length_barely_exceeds():
+    assert spans_for(2080) == (256, 512, 1024, 2080)  # not 2048 as well: a graph per width for 32 slots
+    assert spans_for(1280) == (256, 512, 1280)  # 1280 = 1.25 x 1024
+    assert spans_for(1300) == (256, 512, 1024, 1300)
+    assert spans_for(200) == (200,)

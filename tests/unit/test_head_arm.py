@@ -11,7 +11,6 @@ from metasd_train.decoding.arms import ModelArm, NgramArm
 from metasd_train.decoding.engine import SpecEngine
 from metasd_train.decoding.head_arm import HeadArm, HeadRuntime
 from metasd_train.decoding.sampling import SamplingParams
-from metasd_train.decoding.static_cache import spans_for
 from metasd_train.models.draft_vocab import token_counts
 from metasd_train.models.drafters import truncated
 from metasd_train.models.head import build_head
@@ -219,9 +218,6 @@ def test_warmup_requests_leave_the_random_state_as_they_found_it(target, arms):
         assert torch.equal((own or torch.default_generator).get_state(), before)
 
 
-def test_spans_leave_out_a_power_of_two_just_below_the_length(target, arms):
-    assert spans_for(2080) == (256, 512, 1024, 2080)  # not 2048 as well: a graph per width for 32 slots
-    assert spans_for(1500) == (256, 512, 1024, 1500)
-    assert spans_for(200) == (200,)
+def test_a_heads_spans_start_at_1024(target, arms):
     head = HeadRuntime(arms[0].head, target.get_input_embeddings(), None, 2048, False, 3)
     assert head.spans == (1024, 2080)  # a head's first span is HEAD_SMALLEST_SPAN
