@@ -73,6 +73,7 @@ class DrafterConfig:
     gamma: int = 4  # tokens drafted per round: higher pays off when acceptance is high
     ngram: bool = True  # add the training-free prompt-lookup arm
     ngram_gamma: int = 4
+    ngram_length: str = "fixed"  # fixed: propose all the lookup finds | cost: the length that pays (draft_length.py)
     gammas: dict[str, int] = field(default_factory=dict)  # per-arm γ by name: +drafter.gammas.code=6
     head: HeadDrafterConfig = field(default_factory=HeadDrafterConfig)  # kind=head only
     companions: dict[str, Any] = field(

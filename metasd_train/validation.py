@@ -16,12 +16,14 @@ def validate(cfg: DictConfig) -> None:
     from metasd_train.bandit.chooser import FEEDBACK
     from metasd_train.bandit.policies import POLICIES
     from metasd_train.bandit.rewards import REWARDS
+    from metasd_train.decoding.arms import NGRAM_LENGTHS
     from metasd_train.distill.losses import LOSSES
     from metasd_train.models.drafters import DRAFTER_KINDS
 
     choices = {
         "drafter.kind": tuple(DRAFTER_KINDS),
         "drafter.specialists": ("lora", "full", "none"),
+        "drafter.ngram_length": NGRAM_LENGTHS,
         "distill.loss": tuple(LOSSES),
         "bandit.policy": tuple(POLICIES),
         "bandit.reward": tuple(REWARDS),

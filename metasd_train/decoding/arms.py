@@ -7,7 +7,9 @@ from dataclasses import dataclass
 import torch
 
 from metasd_train.decoding.cache import CachedLM
+from metasd_train.decoding.draft_length import AcceptanceByMatch, best_length
 from metasd_train.decoding.sampling import SamplingParams, logits_to_probs, pick
+from metasd_train.errors import UserError
 
 
 @dataclass
@@ -137,6 +139,10 @@ class NoDraftArm(Arm):
         return torch.zeros(seq.length - start, self.vocab_size, device=seq.ids.device)
 
 
+NGRAM_LENGTHS = ("fixed", "cost")
+PENDING = 16  # undecided proposals an n-gram runtime keeps
+
+
 class NgramIndex:
     """The latest end of every n-gram (min_n <= n <= max_n) of one growing token list, kept up to date
     incrementally, so a lookup costs O(max_n) instead of a scan of the whole sequence. Another list
@@ -152,6 +158,10 @@ class NgramIndex:
 
     def lookup(self, host: list[int], k: int) -> list[int]:
         """Same as NgramArm.lookup(host, k): n-grams ending before the last token are the candidates."""
+        return self.lookup_match(host, k)[0]
+
+    def lookup_match(self, host: list[int], k: int) -> tuple[list[int], int]:
+        """lookup's tokens and the length of the trailing n-gram that matched (0: none)."""
         if host is not self.host or len(host) < self.indexed:  # another sequence: start over
             self.reset()
             self.host = host
@@ -163,8 +173,36 @@ class NgramIndex:
         self.indexed = max(self.indexed, n_tokens - 1)
         for n in reversed(self.sizes):
             if n <= n_tokens - 1 and (end := self.ends.get(tuple(host[n_tokens - n :]))) is not None:
-                return host[end : end + k]
-        return []
+                return host[end : end + k], n
+        return [], 0
+
+
+class NgramRuntime:
+    """One engine's state for an n-gram arm: its index, what it learned of its proposals' acceptance,
+    and the engine's verify seconds per width (filled by SpecEngine.calibrate)."""
+
+    def __init__(self, min_n: int, max_n: int, width_seconds: dict[int, float]):
+        self.index = NgramIndex(min_n, max_n)
+        self.acceptance = AcceptanceByMatch()
+        self.width_seconds = width_seconds
+        self.pending: list[tuple] = []  # (host, start, tokens, n) of proposals not yet compared
+
+    def reset(self) -> None:
+        self.index.reset()
+        self.pending = []
+
+    def learn(self, host: list[int]) -> None:
+        """Compare earlier proposals with the tokens committed since, once those decide them."""
+        keep = []
+        for p_host, start, tokens, n in self.pending:
+            if p_host is not host:
+                continue
+            committed = host[start : start + len(tokens)]
+            if len(committed) == len(tokens) or any(a != b for a, b in zip(tokens, committed)):
+                self.acceptance.update(tokens, n, committed)
+            else:
+                keep.append((p_host, start, tokens, n))
+        self.pending = keep[-PENDING:]
 
 
 class NgramArm(Arm):
@@ -174,21 +212,39 @@ class NgramArm(Arm):
     may_sleep = True
 
     def __init__(
-        self, name: str = "ngram", vocab_size: int = 0, gamma: int = 4, max_ngram: int = 3, min_ngram: int = 1
+        self,
+        name: str = "ngram",
+        vocab_size: int = 0,
+        gamma: int = 4,
+        max_ngram: int = 3,
+        min_ngram: int = 1,
+        length: str = "fixed",
     ):
-        self.name, self.gamma, self.vocab_size = name, gamma, vocab_size
+        """`length`: "fixed" proposes all its lookup finds (up to the round's k); "cost" proposes the
+        length that buys the most tokens per second of verify (decoding/draft_length.py)."""
+        if length not in NGRAM_LENGTHS:
+            raise UserError(f"n-gram length={length!r}; choose one of: {', '.join(NGRAM_LENGTHS)}")
+        self.name, self.gamma, self.vocab_size, self.length = name, gamma, vocab_size, length
         self.max_ngram, self.min_ngram = max_ngram, min_ngram
-        self.index = NgramIndex(min_ngram, max_ngram)
+        self.rt = NgramRuntime(min_ngram, max_ngram, {})
         self._peeked: tuple | None = None  # (host list, length, k, proposal) of the last `proposes`
 
-    def runtime(self, engine) -> NgramIndex:
-        return NgramIndex(self.min_ngram, self.max_ngram)
+    @property
+    def index(self) -> NgramIndex:
+        return self.rt.index
+
+    @property
+    def sizes_drafts(self) -> bool:
+        return self.length == "cost"
+
+    def runtime(self, engine) -> NgramRuntime:
+        return NgramRuntime(self.min_ngram, self.max_ngram, engine.width_seconds)
 
     def bind(self, runtime) -> None:
-        self.index = runtime
+        self.rt = runtime
 
     def reset(self) -> None:
-        self.index.reset()
+        self.rt.reset()
         self._peeked = None
 
     def lookup(self, host: list[int], k: int) -> list[int]:
@@ -205,7 +261,13 @@ class NgramArm(Arm):
     def _proposal(self, seq: Sequence, k: int) -> list[int]:
         if self._peeked is not None and self._peeked[0] is seq.host and self._peeked[1:3] == (seq.length, k):
             return self._peeked[3]
-        tokens = self.index.lookup(seq.host, k) if k > 0 else []
+        tokens, n = self.index.lookup_match(seq.host, k) if k > 0 else ([], 0)
+        if self.length == "cost":
+            self.rt.learn(seq.host)
+            if tokens:
+                self.rt.pending.append((seq.host, seq.length, tokens, n))
+                expected = self.rt.acceptance.expected_accepted(n, len(tokens))
+                tokens = tokens[: best_length(expected, self.rt.width_seconds)]
         self._peeked = (seq.host, seq.length, k, tokens)
         return tokens
 

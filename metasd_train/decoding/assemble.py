@@ -71,8 +71,9 @@ def register_arm(family: str):
     return register
 
 
-def build_arms(specs: list[dict], target, tokenizer, ngram_gamma: int | None, seconds: dict | None = None) -> list:
-    """One arm per spec, then the n-gram arm when `ngram_gamma` is set; `seconds` gets each load's time."""
+def build_arms(specs: list[dict], target, tokenizer, ngram: dict | None, seconds: dict | None = None) -> list:
+    """One arm per spec, then the n-gram arm when `ngram` ({"gamma", "length"?}) is set; `seconds` gets
+    each load's time."""
     arms = []
     for spec in specs:
         family = spec.get("arm", "model")
@@ -84,8 +85,10 @@ def build_arms(specs: list[dict], target, tokenizer, ngram_gamma: int | None, se
         arms.append(ARM_BUILDERS[family](spec, target, tokenizer))
         if seconds is not None:
             seconds[spec["name"]] = round(time.perf_counter() - start, 2)
-    if ngram_gamma:
-        arms.append(NgramArm("ngram", target.config.vocab_size, gamma=ngram_gamma))
+    if ngram:
+        arms.append(
+            NgramArm("ngram", target.config.vocab_size, int(ngram["gamma"]), length=ngram.get("length", "fixed"))
+        )
     return arms
 
 

@@ -102,6 +102,7 @@ class SpecEngine:
         self.max_len = min(self.max_context, max_len) if fast else None
         self.feature_layers = feature_layers(arms)
         self.target = self.make_lm(target, self.feature_layers)
+        self.width_seconds: dict[int, float] = {}  # verify seconds per width (calibrate), for arms that size drafts
         self.runtimes = {i: arm.runtime(self) for i, arm in enumerate(arms)}  # this engine's caches per arm
         self.warmup_profile: dict[str, dict] = {}  # filled by warmup()
         self.sleepers = [i for i, arm in enumerate(arms) if arm.may_sleep]
@@ -171,8 +172,12 @@ class SpecEngine:
                 self.generator.set_state(saved)
 
     def calibrate(self) -> float:
-        """Seconds of one width-1 target forward: the speed reward's unit (the target alone)."""
+        """Seconds of one width-1 target forward (the speed reward's unit: the target alone); with an
+        arm that sizes its drafts by cost (`sizes_drafts`), the seconds of every verify width too."""
         self.t_step = self.forward_seconds(self.target, 1)
+        if any(getattr(a, "sizes_drafts", False) for a in self.arms):
+            self.width_seconds.update({w: self.forward_seconds(self.target, w) for w in range(2, self.max_block + 1)})
+            self.width_seconds[1] = self.t_step
         return self.t_step
 
     @torch.inference_mode()

@@ -2,7 +2,7 @@
 loaded here and nowhere else.
 
     {"format", "target": {"name", "fingerprint", [random: "config", "seed", "tokenizer"]},
-     "drafters": [{"name", "arm", "kind", "path", "gamma", ["adapter"]}], "ngram": {"gamma"} | null,
+     "drafters": [{"name", "arm", "kind", "path", "gamma", ["adapter"]}], "ngram": {"gamma", "length"} | null,
      "bandit": "bandit", "decode": {...}, "dtype"}
 
 Paths are relative to the export folder and must stay inside it. Nothing in the manifest can set a
@@ -23,13 +23,13 @@ FORMAT = "metasd-ensemble/1"
 NAME = "ensemble.json"
 
 
-def write_ensemble(folder: Path, target: dict, drafters: list[dict], ngram_gamma, decode: dict, dtype: str) -> None:
+def write_ensemble(folder: Path, target: dict, drafters: list[dict], ngram, decode: dict, dtype: str) -> None:
     """Write the manifest into an export folder whose drafters and bandit/ are already in place."""
     manifest = {
         "format": FORMAT,
         "target": target,
         "drafters": drafters,
-        "ngram": {"gamma": int(ngram_gamma)} if ngram_gamma else None,
+        "ngram": ngram,  # {"gamma", "length"} or None
         "bandit": "bandit",
         "decode": decode,
         "dtype": dtype,
@@ -122,7 +122,7 @@ def load_ensemble(folder: str | Path, device="auto", dtype: str = "auto", arm: s
             "(fingerprint mismatch); install the same target or retrain"
         )
     specs = [{**d, **{k: str(folder / d[k]) for k in ("path", "adapter") if k in d}} for d in manifest["drafters"]]
-    ngram = manifest["ngram"]["gamma"] if manifest.get("ngram") else None
+    ngram = manifest.get("ngram") or None  # {"gamma", "length"?}: manifests before "length" are "fixed"
     if arm is not None:
         names = [d["name"] for d in specs] + (["ngram"] if ngram else [])
         if arm not in names:

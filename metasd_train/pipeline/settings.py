@@ -22,6 +22,7 @@ STAGE_OF_SETTING: dict[str, str | None] = {
     "drafter.gammas": "log_acceptance",
     "drafter.ngram": "log_acceptance",
     "drafter.ngram_gamma": "log_acceptance",
+    "drafter.ngram_length": "log_acceptance",
     "decode": "log_acceptance",
     "bandit": "fit_bandit",
     "export": "export",

@@ -78,5 +78,6 @@ def run(ctx: StageContext) -> dict:
             drafters.append({**entry, "path": spec["name"]})
         shutil.copytree(bandit, out / "bandit")
         ngram = cfg.drafter.gammas.get("ngram", cfg.drafter.ngram_gamma) if cfg.drafter.ngram else None
+        ngram = {"gamma": int(ngram), "length": cfg.drafter.ngram_length} if ngram else None
         write_ensemble(out, target_entry(ctx), drafters, ngram, OmegaConf.to_container(cfg.decode), cfg.export.dtype)
     return {"drafters": [d["name"] for d in drafters], "dtype": cfg.export.dtype}

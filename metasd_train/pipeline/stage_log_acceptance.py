@@ -117,7 +117,8 @@ def publish(ctx: StageContext, rows: list[dict], names: list[str]) -> dict:
 def run(ctx: StageContext) -> dict:
     cfg, d = ctx.cfg, ctx.cfg.drafter
     specs = drafter_specs(ctx.run.require("distill"), d)
-    arms = build_arms(specs, ctx.target, ctx.tokenizer, arm_gamma(d, "ngram") if d.ngram else None)
+    ngram = {"gamma": arm_gamma(d, "ngram"), "length": d.ngram_length} if d.ngram else None
+    arms = build_arms(specs, ctx.target, ctx.tokenizer, ngram)
     engine = make_engine(ctx.target, ctx.tokenizer, arms, cfg.decode)
     alone = make_engine(
         ctx.target, ctx.tokenizer, [NoDraftArm("target_only", ctx.target.config.vocab_size)], cfg.decode

@@ -42,6 +42,7 @@ def test_recipe_list_names_every_recipe_with_a_description():
         (["recipe=tiny", "drafter.gama=3"], "unknown config key 'drafter.gama'; valid keys under 'drafter'"),
         (["recipe=tiny", "drafter.gamma=many"], "bad value in override drafter.gamma=many"),
         (["recipe=tiny", "bandit.policy=greedy"], "bandit.policy='greedy' is not valid"),
+        (["recipe=tiny", "drafter.ngram_length=auto"], "drafter.ngram_length='auto' is not valid"),
         (["recipe=tiny", "decode.top_p=1.5"], "0 < top_p <= 1"),
         (
             ["recipe=tiny", "target.name=/no/such/model", "stages=[data]", "run_dir=/tmp/metasd-test-bad"],
