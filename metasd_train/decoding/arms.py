@@ -264,8 +264,8 @@ class NgramArm(Arm):
         tokens, n = self.index.lookup_match(seq.host, k) if k > 0 else ([], 0)
         if self.length == "cost":
             self.rt.learn(seq.host)
-            if tokens:
-                self.rt.pending.append((seq.host, seq.length, tokens, n))
+            if tokens and not any(h is seq.host and at == seq.length for h, at, _, _ in self.rt.pending):
+                self.rt.pending.append((seq.host, seq.length, tokens, n))  # once per position, whatever k asks
                 expected = self.rt.acceptance.expected_accepted(n, len(tokens))
                 tokens = tokens[: best_length(expected, self.rt.width_seconds)]
         self._peeked = (seq.host, seq.length, k, tokens)

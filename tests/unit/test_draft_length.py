@@ -62,3 +62,14 @@ def test_manifests_without_a_length_build_a_fixed_ngram():
     target = tiny_llama(V, layers=1, seed=1)
     old, new = build_arms([], target, None, {"gamma": 3}), build_arms([], target, None, {"gamma": 5, "length": "cost"})
     assert (old[0].gamma, old[0].length, new[0].gamma, new[0].length) == (3, "fixed", 5, "cost")
+
+
+def test_a_position_is_learned_once_however_often_it_is_asked():
+    arm = NgramArm("ngram", V, gamma=4, length="cost")
+    host = [3, 4, 5, 3]
+    seq = type("S", (), {"host": host, "length": len(host)})()
+    arm._proposal(seq, 4), arm._proposal(seq, 2)  # proposes() and draft() may ask with different k
+    host += [4, 5, 3, 4]
+    seq.length = len(host)
+    arm._proposal(seq, 4)
+    assert arm.rt.acceptance.counts[(1, 0)] == [1.0, 1.0]  # [4, 5, 3] at position 4, counted once
