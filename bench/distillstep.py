@@ -23,16 +23,13 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from bench.shapes import QWEN25_15B
 from metasd_train.cli.args import check_ranges, parse
 from metasd_train.data.datamodule import collate, to_example
 from metasd_train.distill import head_module
 from metasd_train.errors import one_line_errors
 from metasd_train.models.head import build_head
 from metasd_train.models.random_init import make_config
-
-QWEN25_15B = dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
-                  num_attention_heads=12, num_key_value_heads=2, max_position_embeddings=32768,
-                  rope_theta=1e6, tie_word_embeddings=True)  # fmt: skip
 
 
 @dataclass

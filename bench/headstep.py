@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from bench.fastpath import AT, graph_ms, replay_ms
+from bench.shapes import SMOLLM2_135M
 from metasd_train.cli.args import check_ranges, parse
 from metasd_train.decoding.head_arm import HeadRuntime
 from metasd_train.decoding.static_cache import StaticLM, default_widths
@@ -140,13 +141,7 @@ def markdown(report: dict) -> str:
 
 
 # random weights of a real model's shapes (target=random-NAME): the timing needs no packaged weights
-RANDOM_SHAPES = {
-    "random-smollm2-135m": dict(
-        vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-        num_key_value_heads=3, rope_theta=100000.0, max_position_embeddings=8192, tie_word_embeddings=True,
-        rms_norm_eps=1e-5, hidden_act="silu",
-    ),
-}  # fmt: skip
+RANDOM_SHAPES = {"random-smollm2-135m": SMOLLM2_135M}
 
 
 def target_model(args: HeadStepArgs):

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from bench.shapes import QWEN25_05B, QWEN25_15B, SMOLLM2_135M
 from metasd_train.cli.args import check_ranges, parse
 from metasd_train.decoding.arms import ModelArm, NgramArm
 from metasd_train.decoding.engine import SpecEngine
@@ -29,15 +30,11 @@ from metasd_train.errors import UserError, one_line_errors
 from metasd_train.models.head import build_head
 from metasd_train.models.random_init import random_lm
 
-QWEN_15B = dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
-                num_attention_heads=12, num_key_value_heads=2, max_position_embeddings=32768, rope_theta=1e6,
-                tie_word_embeddings=False)  # fmt: skip
-QWEN_05B = dict(QWEN_15B, hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-                tie_word_embeddings=True)  # fmt: skip
-SMOLLM2 = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-               num_key_value_heads=3, rope_theta=100000.0, max_position_embeddings=8192, tie_word_embeddings=True)  # fmt: skip
-# shapes -> (target config and arch, black-box drafter config or None)
-SHAPES = {"qwen-coder": ((QWEN_15B, "qwen2"), QWEN_05B), "smollm2": ((SMOLLM2, "llama"), None)}
+# shapes -> (target config and arch, black-box drafter config or None); the GGUF target's head is untied (#18)
+SHAPES = {
+    "qwen-coder": ((dict(QWEN25_15B, tie_word_embeddings=False), "qwen2"), QWEN25_05B),
+    "smollm2": ((SMOLLM2_135M, "llama"), None),
+}
 
 
 @dataclass

@@ -186,6 +186,11 @@ def arm_gamma(drafter, name: str) -> int:
     return int(drafter.gammas.get(name, default))
 
 
+def ngram_spec(drafter) -> dict | None:
+    """The n-gram arm as the manifest and build_arms take it ({"gamma", "length"}), None without one."""
+    return {"gamma": arm_gamma(drafter, "ngram"), "length": drafter.ngram_length} if drafter.ngram else None
+
+
 def companion(drafter, name: str) -> CompanionConfig:
     """drafter.companions[name] over CompanionConfig's defaults; one error line for a bad key or value."""
     from omegaconf.errors import OmegaConfBaseException

@@ -11,6 +11,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from metasd_train.atomic import atomic_dir, write_text
+from metasd_train.config import ngram_spec
 from metasd_train.decoding.assemble import load_drafter, load_head_spec
 from metasd_train.export.card import model_card
 from metasd_train.export.ensemble import write_ensemble
@@ -77,7 +78,12 @@ def run(ctx: StageContext) -> dict:
             entry = {k: spec[k] for k in ("name", "arm", "kind", "gamma")}
             drafters.append({**entry, "path": spec["name"]})
         shutil.copytree(bandit, out / "bandit")
-        ngram = cfg.drafter.gammas.get("ngram", cfg.drafter.ngram_gamma) if cfg.drafter.ngram else None
-        ngram = {"gamma": int(ngram), "length": cfg.drafter.ngram_length} if ngram else None
-        write_ensemble(out, target_entry(ctx), drafters, ngram, OmegaConf.to_container(cfg.decode), cfg.export.dtype)
+        write_ensemble(
+            out,
+            target_entry(ctx),
+            drafters,
+            ngram_spec(cfg.drafter),
+            OmegaConf.to_container(cfg.decode),
+            cfg.export.dtype,
+        )
     return {"drafters": [d["name"] for d in drafters], "dtype": cfg.export.dtype}

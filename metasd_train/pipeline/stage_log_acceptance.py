@@ -18,7 +18,7 @@ from metasd_train.atomic import atomic_dir
 from metasd_train.bandit.chooser import chooser_for
 from metasd_train.bandit.replay import by_request, fixed
 from metasd_train.bandit.rewards import round_seconds
-from metasd_train.config import arm_gamma
+from metasd_train.config import ngram_spec
 from metasd_train.data.acceptance_log import LogTiming, arm_rows, request_rows
 from metasd_train.decoding.arms import NoDraftArm
 from metasd_train.decoding.assemble import build_arms, make_engine
@@ -117,8 +117,7 @@ def publish(ctx: StageContext, rows: list[dict], names: list[str]) -> dict:
 def run(ctx: StageContext) -> dict:
     cfg, d = ctx.cfg, ctx.cfg.drafter
     specs = drafter_specs(ctx.run.require("distill"), d)
-    ngram = {"gamma": arm_gamma(d, "ngram"), "length": d.ngram_length} if d.ngram else None
-    arms = build_arms(specs, ctx.target, ctx.tokenizer, ngram)
+    arms = build_arms(specs, ctx.target, ctx.tokenizer, ngram_spec(d))
     engine = make_engine(ctx.target, ctx.tokenizer, arms, cfg.decode)
     alone = make_engine(
         ctx.target, ctx.tokenizer, [NoDraftArm("target_only", ctx.target.config.vocab_size)], cfg.decode
