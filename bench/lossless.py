@@ -35,6 +35,10 @@ class LosslessArgs:
     gamma: int = 4
 
 
+def common_prefix(a: list[int], b: list[int]) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
 def check_dtype(a: LosslessArgs, dtype: str) -> dict:
     """Mismatches against HF greedy for our engine and HF assisted generation, on one dtype."""
     t = load_model({"name": "smollm2-135m-instruct", "dtype": dtype}, "auto")
@@ -45,6 +49,7 @@ def check_dtype(a: LosslessArgs, dtype: str) -> dict:
     engine = SpecEngine(model, arms, eos_ids=eos)
     chooser = BanditChooser(make_policy("random", len(arms), {"seed": 0}))
     stats = {"prompts": 0, "engine_mismatch": 0, "assisted_mismatch": 0, "tokens": 0, "engine_s": 0.0}
+    stats["engine_common_prefix"] = []  # per prompt: tokens equal to HF greedy before the first difference
     rounds = 0
     for q in read_questions(a.prompts)[: a.n]:
         ids = chat_ids(tok, q["turns"][0])
@@ -55,6 +60,7 @@ def check_dtype(a: LosslessArgs, dtype: str) -> dict:
         stats["prompts"] += 1
         stats["tokens"] += len(gen.tokens)
         stats["engine_mismatch"] += gen.tokens != ref
+        stats["engine_common_prefix"].append(common_prefix(gen.tokens, ref))
         stats["assisted_mismatch"] += hfa != ref
         rounds += len(gen.rounds)
     stats["tau"] = stats["tokens"] / max(rounds, 1)

@@ -3,6 +3,7 @@ arms, compare with the fastest autoregressive path on the same prompts, write th
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from dataclasses import dataclass
@@ -93,15 +94,35 @@ def answers_path(args: DecodeArgs) -> Path | None:
 
 
 class Baseline:
-    """The fastest autoregressive path here: our fast target alone on a GPU, HF generate elsewhere."""
+    """The fastest autoregressive path here: our fast target alone on a GPU, HF generate elsewhere.
+
+    Off the fast path, a target in a dtype other than fp32 is raced at start-up against an fp32 copy
+    of itself (HF generate, `PROBE_TOKENS` new tokens each, after a warm call): on a CPU bf16 can be
+    the slower of the two for one position at a time, and the faster one is the baseline.
+    """
+
+    PROBE_TOKENS = 24
 
     def __init__(self, engine, target, tokenizer, dcfg):
         self.eos, self.params, self.model = eos_ids(target, tokenizer), engine.params, target
-        self.alone = None
+        self.alone, self.probe = None, {}
         if engine.fast:
             self.alone = make_engine(target, tokenizer, [NoDraftArm("target_only", target.config.vocab_size)], dcfg)
             self.alone.warmup()
-        self.name = "our fast target alone" if self.alone else "HF generate"
+        elif target.dtype != torch.float32:
+            self.model = self.faster(target, copy.deepcopy(target).float())
+        dtype = str(self.model.dtype).removeprefix("torch.")
+        self.name = "our fast target alone" if self.alone else f"HF generate, {dtype}"
+
+    def faster(self, *models):
+        """The model whose HF generate makes the probe's tokens faster; seconds per token in `self.probe`."""
+        ids = list(range(3, 11))  # any ids: only the time counts
+        for m in models:
+            hf_generate(m, ids, 2, self.eos, self.params)  # first-call costs out of the race
+            n = self.PROBE_TOKENS
+            tokens, secs = hf_generate(m, ids, n, self.eos, self.params, min_new_tokens=n)
+            self.probe[str(m.dtype).removeprefix("torch.")] = secs / max(len(tokens), 1)
+        return min(models, key=lambda m: self.probe[str(m.dtype).removeprefix("torch.")])
 
     def seconds_per_token(self, ids: list[int], n: int) -> float:
         if self.alone is not None:
@@ -155,6 +176,9 @@ def decode(args: DecodeArgs, console: Console | None = None) -> dict:
     if engine.fast and getattr(engine.target, "fallback", None):
         console.print(f"fast path: the target runs through its HF forward ({engine.target.fallback})")
     baseline = Baseline(engine, model, tok, dcfg) if args.baseline else None
+    if baseline is not None and baseline.probe:
+        race = ", ".join(f"{d} {s * 1e3:.1f} ms/token" for d, s in baseline.probe.items())
+        console.print(f"baseline: {baseline.name} (HF generate raced on {Baseline.PROBE_TOKENS} tokens: {race})")
     torch.manual_seed(args.seed)
     stats, chosen = [], []
     with Answers(out) as answers:

@@ -104,17 +104,19 @@ class Ensemble:
 
 
 def load_ensemble(folder: str | Path, device="auto", dtype: str = "auto", arm: str | None = None) -> Ensemble:
-    """Target + arms of an export folder (or run directory); `arm` keeps that one drafter only."""
+    """Target + arms of an export folder (or run directory); `arm` keeps that one drafter only;
+    dtype "auto" is the decoding default (`decode_dtype`)."""
     from metasd_train.decoding.assemble import build_arms
     from metasd_train.export.fingerprint import fingerprint
-    from metasd_train.models import load_model, pick_device
+    from metasd_train.models import decode_dtype, load_model, pick_device
 
     folder = find_export(folder)
     manifest = read_ensemble(folder)
     t = manifest["target"]
     spec = {k: t[k] for k in ("name", "config", "seed", "tokenizer") if k in t}
     start = time.perf_counter()
-    target = load_model({**spec, "dtype": dtype}, pick_device(str(device)))
+    device = pick_device(str(device))
+    target = load_model({**spec, "dtype": decode_dtype(dtype, device)}, device)
     seconds = {"target": round(time.perf_counter() - start, 2)}
     if fingerprint(target.model) != t["fingerprint"]:
         raise UserError(

@@ -3,6 +3,7 @@
 from metasd_train.models.loading import (
     PACKAGED,
     LoadedModel,
+    decode_dtype,
     load_model,
     load_tokenizer,
     pick_device,
@@ -16,6 +17,7 @@ __all__ = [
     "PACKAGED",
     "LoadedModel",
     "check_tokenizers",
+    "decode_dtype",
     "load_model",
     "load_tokenizer",
     "pick_device",

@@ -189,6 +189,21 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return table[dtype]
 
 
+def cpu_multiplies_bf16() -> bool:
+    """Whether this CPU has bf16 matrix units (Intel AMX). There a bf16 forward of a few positions
+    costs about what one position costs, so verifying a draft is nearly free (bench/results/cpu-bf16)."""
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)  # torch >= 2.3; absent means no
+    return bool(probe is not None and probe())
+
+
+def decode_dtype(dtype: str, device: torch.device) -> str:
+    """`dtype` for decoding, with "auto" chosen for speed: bf16 on a GPU and on a CPU with bf16
+    matrix units, fp32 on other CPUs. Training keeps `pick_dtype`'s auto (fp32 on every CPU)."""
+    if dtype != "auto":
+        return dtype
+    return "bf16" if device.type == "cuda" or (device.type == "cpu" and cpu_multiplies_bf16()) else "fp32"
+
+
 def hf_dir(name: str) -> Path | None:
     """The local HF folder behind a model name (GGUFs through the cache); None for random."""
     source = resolve_source(name)

@@ -1,0 +1,142 @@
+"""What a verify of w positions costs against one position, per dtype, on this machine's CPU or GPU's
+eager path (CachedLM, the engine's off-GPU target): the number that decides whether drafting pays.
+
+python -m bench.widths [target=smollm2-135m-instruct] [dtypes=fp32,bf16] [max_width=8] [at=120]
+                       [reps=9] [new_tokens=64] [out=DIR]
+
+Per dtype: HF generate's seconds per token (greedy, `new_tokens` tokens of a fixed prompt, after a
+warm call), then, for each width w, the median over `reps` of one forward of w positions after a
+prefill of `at` positions. Writes widths.json and widths.png (ms per forward against w) under out=DIR.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from metasd_train.cli.args import check_ranges, parse
+from metasd_train.decoding.cache import CachedLM
+from metasd_train.decoding.hf_generate import hf_generate, sync
+from metasd_train.errors import one_line_errors
+from metasd_train.models import load_model, pick_device
+from metasd_train.models.loading import cpu_multiplies_bf16
+from metasd_train.models.tokenizers import eos_ids
+
+
+@dataclass
+class WidthsArgs:
+    target: str = "smollm2-135m-instruct"
+    dtypes: str = "fp32,bf16"
+    max_width: int = 8
+    at: int = 120  # positions in the cache before the timed forward
+    reps: int = 9
+    new_tokens: int = 64  # HF generate's tokens per dtype
+    device: str = "auto"
+    out: str = ""  # folder for widths.json and widths.png ("" = print only)
+
+
+def parse_args(argv: list[str]) -> WidthsArgs:
+    args = parse(WidthsArgs, argv)
+    check_ranges(
+        args,
+        [
+            ("max_width", lambda v: v >= 1, ">= 1"),
+            ("at", lambda v: v >= 1, ">= 1"),
+            ("reps", lambda v: v >= 1, ">= 1"),
+            ("new_tokens", lambda v: v >= 1, ">= 1"),
+        ],
+    )
+    return args
+
+
+def forward_ms(lm: CachedLM, ids: torch.Tensor, at: int, width: int, reps: int) -> float:
+    times = []
+    for _ in range(reps + 1):  # the first is a warm call
+        lm.reset()
+        lm.forward(ids[:at])
+        sync(lm.device)
+        start = time.perf_counter()
+        lm.forward(ids[at : at + width])
+        sync(lm.device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[1:]) * 1e3
+
+
+@torch.inference_mode()
+def measure(a: WidthsArgs, dtype: str) -> dict:
+    m = load_model({"name": a.target, "dtype": dtype}, pick_device(a.device)).model
+    device, vocab = next(m.parameters()).device, m.config.vocab_size
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, min(vocab, 30000), (a.at + a.max_width,), generator=g).to(device)
+    prompt, eos = ids[:16].tolist(), eos_ids(m)
+    hf_generate(m, prompt, 2, eos, min_new_tokens=2)
+    tokens, secs = hf_generate(m, prompt, a.new_tokens, eos, min_new_tokens=a.new_tokens)
+    lm = CachedLM(m, vocab)
+    ms = {w: round(forward_ms(lm, ids, a.at, w, a.reps), 2) for w in range(1, a.max_width + 1)}
+    return {"hf_generate_ms_per_token": round(secs / len(tokens) * 1e3, 2), "forward_ms": ms}
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for dtype, r in results["dtypes"].items():
+        ws = sorted(int(w) for w in r["forward_ms"])
+        ax.plot(ws, [r["forward_ms"][w] for w in ws], marker="o", label=f"{dtype} forward")
+        ax.axhline(
+            r["hf_generate_ms_per_token"],
+            ls=":",
+            lw=1,
+            color=ax.lines[-1].get_color(),
+            label=f"{dtype} HF generate / token",
+        )
+    ax.set(
+        xlabel="positions in one forward (verify width)",
+        ylabel="ms",
+        title=f"{results['target']} on {results['device']}",
+    )
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    amx = "with" if cpu_multiplies_bf16() else "without"
+    return f"{names[0] if names else 'CPU'} ({torch.get_num_threads()} threads, {amx} bf16 matrix units)"
+
+
+def main(argv: list[str]) -> dict:
+    a = parse_args(argv)
+    results = {"target": a.target, "device": device_name(pick_device(a.device)), "torch": torch.__version__}
+    results.update(args=asdict(a), dtypes={})
+    for dtype in a.dtypes.split(","):
+        results["dtypes"][dtype] = r = measure(a, dtype)
+        print(dtype, json.dumps(r), flush=True)
+    if a.out:
+        out = Path(a.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "widths.json").write_text(json.dumps(results, indent=1) + "\n")
+        plot(results, out / "widths.png")
+        print(f"wrote {out / 'widths.json'} and {out / 'widths.png'}")
+    return results
+
+
+if __name__ == "__main__":
+    with one_line_errors():
+        main(sys.argv[1:])

@@ -1,0 +1,61 @@
+"""Decoding's dtype: auto is bf16 where bf16 matrix units make it fast; the baseline races bf16 against fp32."""
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from metasd_train.cli import decode as decode_cli
+from metasd_train.decoding.arms import NgramArm
+from metasd_train.decoding.assemble import make_engine
+from metasd_train.models import decode_dtype
+from metasd_train.models.random_init import tiny_llama
+
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+
+
+@pytest.mark.parametrize("amx", [True, False])
+def test_auto_is_bf16_on_a_gpu_and_on_a_cpu_with_bf16_matrix_units(monkeypatch, amx):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    assert decode_dtype("auto", CUDA) == "bf16"
+    assert decode_dtype("auto", CPU) == ("bf16" if amx else "fp32")
+    assert decode_dtype("fp32", CUDA) == "fp32" and decode_dtype("bf16", CPU) == "bf16"  # asked for: kept
+
+
+def test_auto_is_fp32_where_torch_cannot_tell(monkeypatch):
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
+    assert decode_dtype("auto", CPU) == "fp32"
+
+
+def engine_for(target):
+    dcfg = OmegaConf.create({"temperature": 0, "top_k": 0, "top_p": 1.0, "early_stop": 0, "fast": False, "max_len": 64})
+    return make_engine(target, None, [NgramArm("ngram", 32, gamma=3)], dcfg), dcfg
+
+
+@pytest.mark.parametrize("slower", ["bfloat16", "float32"])
+def test_a_bf16_target_is_timed_against_the_faster_of_itself_and_an_fp32_copy(monkeypatch, slower):
+    seconds = {"bfloat16": 1.0, "float32": 1.0, slower: 2.0}
+    used = []
+
+    def fake_generate(model, ids, n, eos, params, **kw):
+        dtype = str(model.dtype).removeprefix("torch.")
+        used.append(dtype)
+        return list(range(n)), seconds[dtype] * n
+
+    monkeypatch.setattr(decode_cli, "hf_generate", fake_generate)
+    target = tiny_llama(32, layers=1, seed=0).to(torch.bfloat16)
+    engine, dcfg = engine_for(target)
+    baseline = decode_cli.Baseline(engine, target, None, dcfg)
+    faster = "float32" if slower == "bfloat16" else "bfloat16"
+    assert baseline.probe == {"bfloat16": seconds["bfloat16"], "float32": seconds["float32"]}
+    assert baseline.name == f"HF generate, {faster}" and str(baseline.model.dtype) == f"torch.{faster}"
+    assert target.dtype == torch.bfloat16  # the engine's target is not converted
+    used.clear()
+    assert baseline.seconds_per_token([3, 4], 5) == seconds[faster] and used == [faster]
+
+
+def test_an_fp32_target_is_its_own_baseline_with_no_race(monkeypatch):
+    monkeypatch.setattr(decode_cli, "hf_generate", lambda *a, **k: pytest.fail("no race for an fp32 target"))
+    target = tiny_llama(32, layers=1, seed=0)
+    engine, dcfg = engine_for(target)
+    baseline = decode_cli.Baseline(engine, target, None, dcfg)
+    assert baseline.probe == {} and baseline.model is target and baseline.name == "HF generate, float32"
