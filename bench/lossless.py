@@ -1,7 +1,7 @@
 """Greedy losslessness on a device, per dtype: our engine (arms switched at random every round) and
 HF assisted generation, each compared token by token with the target's own HF greedy generate.
 
-python -m bench.lossless prompts=question.jsonl [n=12] [max_new_tokens=128] [dtypes=fp32,bf16] [layers=4]
+python -m bench.lossless prompts=question.jsonl [n=12] [max_new_tokens=128] [dtypes=fp32,bf16] [layers=4] [out=FILE.json commit=SHA]
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -33,6 +34,8 @@ class LosslessArgs:
     dtypes: str = "fp32,bf16"
     layers: int = 4  # the untrained drafter: the target's first `layers` blocks
     gamma: int = 4
+    out: str = ""  # a JSON file for the results ("" = print only)
+    commit: str = ""  # the commit measured, written into out
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -75,6 +78,9 @@ def main(argv: list[str]) -> None:
         out[f"{dtype} on {device}"] = check_dtype(a, dtype)
         print(dtype, out[f"{dtype} on {device}"], flush=True)
     print(json.dumps(out, indent=1))
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps({"commit": a.commit, **out}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

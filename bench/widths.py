@@ -2,7 +2,7 @@
 eager path (CachedLM, the engine's off-GPU target): the number that decides whether drafting pays.
 
 python -m bench.widths [target=smollm2-135m-instruct] [dtypes=fp32,bf16] [max_width=8] [at=120]
-                       [reps=9] [new_tokens=64] [out=DIR]
+                       [reps=9] [new_tokens=64] [out=DIR commit=SHA]
 
 Per dtype: HF generate's seconds per token (greedy, `new_tokens` tokens of a fixed prompt, after a
 warm call), then, for each width w, the median over `reps` of one forward of w positions after a
@@ -39,6 +39,7 @@ class WidthsArgs:
     new_tokens: int = 64  # HF generate's tokens per dtype
     device: str = "auto"
     out: str = ""  # folder for widths.json and widths.png ("" = print only)
+    commit: str = ""  # the commit measured, written into widths.json
 
 
 def parse_args(argv: list[str]) -> WidthsArgs:
@@ -124,6 +125,7 @@ def device_name(device: torch.device) -> str:
 def main(argv: list[str]) -> dict:
     a = parse_args(argv)
     results = {"target": a.target, "device": device_name(pick_device(a.device)), "torch": torch.__version__}
+    results["commit"] = a.commit
     results.update(args=asdict(a), dtypes={})
     for dtype in a.dtypes.split(","):
         results["dtypes"][dtype] = r = measure(a, dtype)
