@@ -2,7 +2,7 @@
 eager path (CachedLM, the engine's off-GPU target): the number that decides whether drafting pays.
 
 python -m bench.widths [target=smollm2-135m-instruct] [dtypes=fp32,bf16] [max_width=8] [at=120]
-                       [reps=9] [new_tokens=64] [out=DIR commit=SHA]
+                       [reps=15] [new_tokens=64] [out=DIR commit=SHA]
 
 Per dtype: HF generate's seconds per token (greedy, `new_tokens` tokens of a fixed prompt, after a
 warm call), then, for each width w, the median over `reps` of one forward of w positions after a
@@ -35,7 +35,7 @@ class WidthsArgs:
     dtypes: str = "fp32,bf16"
     max_width: int = 8
     at: int = 120  # positions in the cache before the timed forward
-    reps: int = 9
+    reps: int = 15
     new_tokens: int = 64  # HF generate's tokens per dtype
     device: str = "auto"
     out: str = ""  # folder for widths.json and widths.png ("" = print only)
@@ -56,17 +56,21 @@ def parse_args(argv: list[str]) -> WidthsArgs:
     return args
 
 
-def forward_ms(lm: CachedLM, ids: torch.Tensor, at: int, width: int, reps: int) -> float:
-    times = []
-    for _ in range(reps + 1):  # the first is a warm call
-        lm.reset()
-        lm.forward(ids[:at])
-        sync(lm.device)
-        start = time.perf_counter()
-        lm.forward(ids[at : at + width])
-        sync(lm.device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times[1:]) * 1e3
+def forward_ms(lm: CachedLM, ids: torch.Tensor, at: int, widths: range, reps: int) -> dict[int, float]:
+    """Median ms of one forward of w positions after `at`, per w; widths interleaved within each
+    repetition so that the machine's drift spreads over all of them. The first repetition warms up."""
+    times = {w: [] for w in widths}
+    for rep in range(reps + 1):
+        for w in widths:
+            lm.reset()
+            lm.forward(ids[:at])
+            sync(lm.device)
+            start = time.perf_counter()
+            lm.forward(ids[at : at + w])
+            sync(lm.device)
+            if rep:
+                times[w].append(time.perf_counter() - start)
+    return {w: round(statistics.median(t) * 1e3, 2) for w, t in times.items()}
 
 
 @torch.inference_mode()
@@ -79,7 +83,7 @@ def measure(a: WidthsArgs, dtype: str) -> dict:
     hf_generate(m, prompt, 2, eos, min_new_tokens=2)
     tokens, secs = hf_generate(m, prompt, a.new_tokens, eos, min_new_tokens=a.new_tokens)
     lm = CachedLM(m, vocab)
-    ms = {w: round(forward_ms(lm, ids, a.at, w, a.reps), 2) for w in range(1, a.max_width + 1)}
+    ms = forward_ms(lm, ids, a.at, range(1, a.max_width + 1), a.reps)
     return {"hf_generate_ms_per_token": round(secs / len(tokens) * 1e3, 2), "forward_ms": ms}
 
 
@@ -89,7 +93,7 @@ def plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
     for dtype, r in results["dtypes"].items():
         ws = sorted(int(w) for w in r["forward_ms"])
         ax.plot(ws, [r["forward_ms"][w] for w in ws], marker="o", label=f"{dtype} forward")
@@ -103,7 +107,7 @@ def plot(results: dict, path: Path) -> None:
     ax.set(
         xlabel="positions in one forward (verify width)",
         ylabel="ms",
-        title=f"{results['target']} on {results['device']}",
+        title=f"{results['target']}\n{results['device']}",
     )
     ax.set_ylim(bottom=0)
     ax.legend(fontsize=8)
