@@ -106,7 +106,7 @@ class Bench:
 
     def load(self) -> Bench:
         t = time.perf_counter()
-        self.ens = load_ensemble(self.args.run, self.args.device)
+        self.ens = load_ensemble(self.args.run, self.args.device, self.args.dtype)
         self.startup["ensemble_load_s"] = time.perf_counter() - t
         self.startup["load_s"] = self.ens.load_seconds
         tok = self.ens.target.tokenizer

@@ -202,7 +202,7 @@ def test_bench_runs_every_configuration_and_greedy_ones_equal_the_target(full_ru
     shipped, mode = bandit["policy"], "paper" if bandit["config"].get("reset_per_request") else "persistent"
     reference = next(p for p in POLICIES if p not in (shipped, "fixed"))
     common = [f"run={full_run.path}", f"prompts={heldout}", "per_category=1", "max_new_tokens=12", f"out={out}"]
-    common += [f"headline={headline}", "commit=abc123", "hf_max=1", "check_fp32=12"]
+    common += [f"headline={headline}", "commit=abc123", "hf_max=1", "check_fp32=12", "dtype=fp32"]
     main([*common, "check_eager=1", f"policies={reference}"])
     report = json.loads((out / "results.json").read_text())
     names = set(report["results"])
