@@ -42,7 +42,7 @@ class DecodeArgs:
     feedback: str | None = None  # bandit | full
     sleeping: bool | None = None  # override bandit.sleeping: arms with nothing to propose sit the round out
     device: str = "auto"
-    dtype: str = "auto"
+    dtype: str | None = None  # default: the export's decode.dtype (auto: bf16 on a GPU and on a CPU with AMX)
     seed: int = 0
     fast: bool | None = None  # static caches + CUDA graphs on a GPU (default on)
     max_len: int | None = None  # positions in the fast path's caches (default: the export's decode.max_len)
@@ -232,21 +232,14 @@ class Answers:
 
 def summary_table(summary: dict, arm_names: list[str], baseline: str | None) -> Table:
     title = "decode summary (τ = mean tokens per round" + (f"; speed-up over {baseline})" if baseline else ")")
-    table = Table(
-        "category", "requests", "tokens", "τ", "tok/s", "baseline tok/s", "speed-up", "arm shares", title=title
-    )
+    columns = ["category", "requests", "tokens", "τ", "tok/s"] + (["baseline tok/s", "speed-up"] if baseline else [])
+    table = Table(*columns, "arm shares", title=title)
     for cat, r in summary.items():
         shares = " ".join(f"{a}:{r['arm_share'].get(a, 0):.0%}" for a in arm_names if r["arm_share"].get(a, 0) > 0)
-        table.add_row(
-            cat,
-            str(r["requests"]),
-            str(r["new_tokens"]),
-            f"{r['tau']:.2f}",
-            f"{r['tokens_per_s']:.1f}",
-            f"{r.get('baseline_tokens_per_s', float('nan')):.1f}",
-            f"{r.get('speedup', float('nan')):.2f}x",
-            shares,
-        )
+        row = [cat, str(r["requests"]), str(r["new_tokens"]), f"{r['tau']:.2f}", f"{r['tokens_per_s']:.1f}"]
+        if baseline:
+            row += [f"{r['baseline_tokens_per_s']:.1f}", f"{r['speedup']:.2f}x"]
+        table.add_row(*row, shares)
     return table
 
 

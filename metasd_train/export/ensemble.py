@@ -103,9 +103,9 @@ class Ensemble:
         return [a.name for a in self.arms]
 
 
-def load_ensemble(folder: str | Path, device="auto", dtype: str = "auto", arm: str | None = None) -> Ensemble:
-    """Target + arms of an export folder (or run directory); `arm` keeps that one drafter only;
-    dtype "auto" is the decoding default (`decode_dtype`)."""
+def load_ensemble(folder: str | Path, device="auto", dtype: str | None = None, arm: str | None = None) -> Ensemble:
+    """Target + arms of an export folder (or run directory); `arm` keeps that one drafter only.
+    `dtype` None is the export's decode.dtype; "auto" is `decode_dtype`'s choice for the device."""
     from metasd_train.decoding.assemble import build_arms
     from metasd_train.export.fingerprint import fingerprint
     from metasd_train.models import decode_dtype, load_model, pick_device
@@ -116,7 +116,8 @@ def load_ensemble(folder: str | Path, device="auto", dtype: str = "auto", arm: s
     spec = {k: t[k] for k in ("name", "config", "seed", "tokenizer") if k in t}
     start = time.perf_counter()
     device = pick_device(str(device))
-    target = load_model({**spec, "dtype": decode_dtype(dtype, device)}, device)
+    dtype = decode_dtype(dtype or manifest.get("decode", {}).get("dtype", "auto"), device)
+    target = load_model({**spec, "dtype": dtype}, device)
     seconds = {"target": round(time.perf_counter() - start, 2)}
     if fingerprint(target.model) != t["fingerprint"]:
         raise UserError(

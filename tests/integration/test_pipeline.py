@@ -114,6 +114,21 @@ def test_decode_refuses_an_ensemble_trained_for_another_target(full_run, tmp_pat
         decode(parse_args([f"run={export}", "prompt=hi", "quiet=true"]))
 
 
+@pytest.mark.parametrize("shipped", ["fp32", "bf16"])
+def test_decode_dtype_defaults_to_the_exports_and_an_explicit_one_wins(full_run, tmp_path, shipped):
+    from metasd_train.export.ensemble import load_ensemble
+
+    export = tmp_path / "export"
+    shutil.copytree(full_run.path / "export", export)
+    manifest = json.loads((export / "ensemble.json").read_text())
+    manifest["decode"]["dtype"] = shipped
+    (export / "ensemble.json").write_text(json.dumps(manifest))
+    want = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    assert load_ensemble(export, "cpu").target.model.dtype == want[shipped]
+    other = "bf16" if shipped == "fp32" else "fp32"
+    assert load_ensemble(export, "cpu", dtype=other).target.model.dtype == want[other]
+
+
 def test_decode_answers_a_question_file(full_run, tmp_path):
     from metasd_train.cli.decode import decode, parse_args
 

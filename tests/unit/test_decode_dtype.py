@@ -58,3 +58,11 @@ def test_an_fp32_target_is_its_own_baseline(monkeypatch):
     baseline = decode_cli.Baseline(engine, target, None, dcfg)
     assert baseline.name == "HF generate, float32"
     assert baseline.seconds_per_token([3, 4], 5) == 0.6 and used == [target]
+
+
+def test_the_summary_has_no_baseline_columns_without_a_baseline():
+    summary = {"all": {"requests": 1, "new_tokens": 4, "tau": 2.0, "tokens_per_s": 8.0, "arm_share": {"ngram": 1.0}}}
+    headers = [c.header for c in decode_cli.summary_table(summary, ["ngram"], None).columns]
+    assert "speed-up" not in headers and "baseline tok/s" not in headers
+    with_baseline = {"all": {**summary["all"], "baseline_tokens_per_s": 4.0, "speedup": 2.0}}
+    assert "speed-up" in [c.header for c in decode_cli.summary_table(with_baseline, ["ngram"], "HF").columns]
