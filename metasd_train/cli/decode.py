@@ -96,9 +96,9 @@ def answers_path(args: DecodeArgs) -> Path | None:
 class Baseline:
     """The fastest autoregressive path here: our fast target alone on a GPU, HF generate elsewhere.
 
-    Off the fast path, a target in a dtype other than fp32 is also timed as an fp32 copy of itself,
-    and each prompt's baseline is the faster of the two: on a CPU, bf16 can be the slower for one
-    position at a time (bench/results/cpu-bf16).
+    On a CPU, a target in a dtype other than fp32 is also timed as an fp32 copy of itself, and each
+    prompt's baseline is the faster of the two: there bf16 can be the slower for one position at a
+    time (bench/results/cpu-bf16).
     """
 
     def __init__(self, engine, target, tokenizer, dcfg):
@@ -107,7 +107,7 @@ class Baseline:
         if engine.fast:
             self.alone = make_engine(target, tokenizer, [NoDraftArm("target_only", target.config.vocab_size)], dcfg)
             self.alone.warmup()
-        elif target.dtype != torch.float32:
+        elif target.device.type == "cpu" and target.dtype != torch.float32:
             self.models.append(copy.deepcopy(target).float())
         dtypes = " and ".join(str(m.dtype).removeprefix("torch.") for m in self.models)
         many = len(self.models) > 1
