@@ -38,7 +38,7 @@ class BenchArgs:
     headline: str = str(PATH)  # the headline file this run's recipe entry is merged into ("" = none)
     commit: str = "unknown"  # recorded in results and headline.json
     device: str = "auto"
-    dtype: str | None = None  # as decode.py's: the export's decode.dtype (auto: bf16 on a GPU or an AMX CPU)
+    dtype: str | None = None  # default: the export's decode.dtype on a GPU, fp32 on a CPU (harness.bench_dtype)
     fast: bool = True  # our engine on static caches + CUDA graphs (GPU only)
     hf_compile: bool = True  # the baseline: HF generate, static cache, compiled by HF on CUDA
     hf_max: int = 2  # prompts (one per category) for HF eager and assisted rows (0 = none)

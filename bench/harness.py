@@ -20,7 +20,14 @@ from metasd_train.decoding.hf_generate import hf_generate
 from metasd_train.decoding.records import summarize
 from metasd_train.decoding.sampling import SamplingParams
 from metasd_train.export.ensemble import load_ensemble
+from metasd_train.models import pick_device
 from metasd_train.models.tokenizers import eos_ids
+
+
+def bench_dtype(dtype: str | None, device: str) -> str | None:
+    """The export's decode dtype on a GPU; fp32 on a CPU unless asked: the HF baseline rows run in the
+    bench's dtype, and on a CPU bf16 can be the slower of the two (decode.py times both per prompt)."""
+    return dtype if dtype is not None or pick_device(device).type != "cpu" else "fp32"
 
 
 @dataclass(frozen=True)
@@ -106,7 +113,7 @@ class Bench:
 
     def load(self) -> Bench:
         t = time.perf_counter()
-        self.ens = load_ensemble(self.args.run, self.args.device, self.args.dtype)
+        self.ens = load_ensemble(self.args.run, self.args.device, bench_dtype(self.args.dtype, self.args.device))
         self.startup["ensemble_load_s"] = time.perf_counter() - t
         self.startup["load_s"] = self.ens.load_seconds
         tok = self.ens.target.tokenizer

@@ -24,7 +24,7 @@ from metasd_train.cli.args import check_ranges, parse
 from metasd_train.decoding.cache import CachedLM
 from metasd_train.decoding.hf_generate import hf_generate, sync
 from metasd_train.errors import one_line_errors
-from metasd_train.models import load_model, pick_device
+from metasd_train.models import decode_dtype, load_model, pick_device
 from metasd_train.models.loading import cpu_multiplies_bf16
 from metasd_train.models.tokenizers import eos_ids
 
@@ -75,7 +75,8 @@ def forward_ms(lm: CachedLM, ids: torch.Tensor, at: int, widths: range, reps: in
 
 @torch.inference_mode()
 def measure(a: WidthsArgs, dtype: str) -> dict:
-    m = load_model({"name": a.target, "dtype": dtype}, pick_device(a.device)).model
+    device = pick_device(a.device)
+    m = load_model({"name": a.target, "dtype": decode_dtype(dtype, device)}, device).model
     device, vocab = next(m.parameters()).device, m.config.vocab_size
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(3, min(vocab, 30000), (a.at + a.max_width,), generator=g).to(device)

@@ -145,9 +145,8 @@ class DecodeConfig:
     max_new_tokens: int = 128
     early_stop: float = 0.0  # stop drafting when the drafter's top probability falls below this
     device: str = "auto"
-    dtype: str = (
-        "auto"  # decode.py's default: auto = bf16 on a GPU and on a CPU with bf16 matrix units (AMX), else fp32
-    )
+    # decode.py's default: auto = bf16 on a GPU and on a CPU with bf16 matrix units (AMX), else fp32
+    dtype: str = "auto"
     heldout_per_domain: int = 4  # prompts per domain in log_acceptance
     seed: int = 0
     fast: bool = True  # on CUDA: static KV caches + CUDA graphs (eager DynamicCache path otherwise)

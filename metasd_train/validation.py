@@ -19,6 +19,7 @@ def validate(cfg: DictConfig) -> None:
     from metasd_train.decoding.arms import NGRAM_LENGTHS
     from metasd_train.distill.losses import LOSSES
     from metasd_train.models.drafters import DRAFTER_KINDS
+    from metasd_train.models.loading import DTYPES
 
     choices = {
         "drafter.kind": tuple(DRAFTER_KINDS),
@@ -29,6 +30,8 @@ def validate(cfg: DictConfig) -> None:
         "bandit.reward": tuple(REWARDS),
         "bandit.feedback": tuple(FEEDBACK),
         "export.dtype": ("bf16", "fp16", "fp32"),
+        "decode.dtype": ("auto", *DTYPES),
+        "target.dtype": ("auto", *DTYPES),
     }
     for name in cfg.drafter.companions:
         if (kind := companion(cfg.drafter, name).kind) not in DRAFTER_KINDS:

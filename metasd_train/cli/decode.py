@@ -23,6 +23,7 @@ from metasd_train.decoding.hf_generate import hf_generate
 from metasd_train.decoding.records import summarize
 from metasd_train.errors import UserError
 from metasd_train.export.ensemble import find_export, load_ensemble
+from metasd_train.models.loading import DTYPES, cpu_multiplies_bf16
 from metasd_train.models.tokenizers import eos_ids
 from metasd_train.pipeline import plots
 
@@ -65,6 +66,8 @@ def parse_args(argv: list[str]) -> DecodeArgs:
             ("max_len", lambda v: v >= 2, ">= 2"),
         ],
     )
+    if args.dtype is not None and args.dtype != "auto" and args.dtype not in DTYPES:
+        raise UserError(f"dtype={args.dtype!r} is not valid; choose one of: auto, {', '.join(DTYPES)}")
     if args.prompt is None and args.prompts is None:
         raise UserError('nothing to decode: pass prompt="..." or prompts=FILE.jsonl')
     if args.prompt is not None and not args.prompt.strip():
@@ -109,6 +112,8 @@ class Baseline:
             self.alone.warmup()
         elif target.device.type == "cpu" and target.dtype != torch.float32:
             self.models.append(copy.deepcopy(target).float())
+        for m in self.models if self.alone is None else ():  # first-call costs out of the first prompt's time
+            hf_generate(m, [3, 4, 5], 2, self.eos, self.params)
         dtypes = " and ".join(str(m.dtype).removeprefix("torch.") for m in self.models)
         many = len(self.models) > 1
         self.name = (
@@ -121,6 +126,17 @@ class Baseline:
             return gen.seconds / max(len(gen.tokens), 1)
         runs = [hf_generate(m, ids, n, self.eos, self.params) for m in self.models]
         return min(secs / max(len(tokens), 1) for tokens, secs in runs)
+
+
+def dtype_line(asked: str, model) -> str:
+    """The dtype decoding runs in, why, and what it means for exactness."""
+    dtype, device = str(model.dtype).removeprefix("torch."), next(model.parameters()).device
+    where = {"cuda": "a GPU", "cpu": f"a CPU {'with' if cpu_multiplies_bf16() else 'without'} bf16 matrix units"}
+    why = f"auto on {where.get(device.type, device.type)}" if asked == "auto" else f"dtype={asked}"
+    exact = model.dtype == torch.float32
+    return f"{dtype} ({why})" + (
+        "" if exact else "; tokens may differ from fp32 greedy where rounding differs, dtype=fp32 is exact"
+    )
 
 
 def seconds_by_name(times: dict) -> str:
@@ -160,6 +176,7 @@ def decode(args: DecodeArgs, console: Console | None = None) -> dict:
     engine = make_engine(model, tok, ens.arms, dcfg, full_feedback=feedback == "full")
     engine.check_request(1, int(dcfg.max_new_tokens))
     console.print(f"start-up: loaded in {sum(ens.load_seconds.values()):.1f}s ({seconds_by_name(ens.load_seconds)})")
+    console.print(f"dtype: {dtype_line(args.dtype or dcfg.get('dtype', 'auto'), model)}")
     warm = engine.warmup()
     what = "graphs captured, target step timed, a first request per arm" if engine.fast else "target step timed"
     console.print(f"start-up: {what} in {warm:.1f}s (fast={engine.fast})"

@@ -173,20 +173,22 @@ def pick_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+DTYPES = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+}
+
+
 def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    table = {
-        "fp32": torch.float32,
-        "float32": torch.float32,
-        "bf16": torch.bfloat16,
-        "bfloat16": torch.bfloat16,
-        "fp16": torch.float16,
-        "float16": torch.float16,
-    }
-    if dtype not in table:
-        raise UserError(f"dtype={dtype!r} is not valid; choose one of: auto, {', '.join(table)}")
-    return table[dtype]
+    if not isinstance(dtype, str) or dtype not in DTYPES:
+        raise UserError(f"dtype={dtype!r} is not valid; choose one of: auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
 
 
 def cpu_multiplies_bf16() -> bool:

@@ -7,6 +7,7 @@ the bench report on, so the bandit fitted on this log is never evaluated on its 
 
 from __future__ import annotations
 
+import copy
 import statistics
 from collections import defaultdict
 
@@ -23,6 +24,7 @@ from metasd_train.data.acceptance_log import LogTiming, arm_rows, request_rows
 from metasd_train.decoding.arms import NoDraftArm
 from metasd_train.decoding.assemble import build_arms, make_engine
 from metasd_train.decoding.head_arm import forget_hidden_states
+from metasd_train.models import decode_dtype, pick_dtype
 from metasd_train.models.attention import no_cudnn_attention
 from metasd_train.pipeline import plots, ranks
 from metasd_train.pipeline.context import StageContext
@@ -114,6 +116,20 @@ def publish(ctx: StageContext, rows: list[dict], names: list[str]) -> dict:
     return {"rows": len(rows), "split": SPLIT, "prompts": len(requests), "tau": tau}
 
 
+def timing_engine(ctx: StageContext, specs: list[dict], engine):
+    """The engine the costs are timed with: in the dtype decode.py will run in. Training's target is
+    fp32 on every CPU, while decoding is bf16 on a CPU with bf16 matrix units, where a verify's cost
+    hardly grows with its width (bench/results/cpu-bf16); the rows stay exact from `engine`."""
+    dtype = pick_dtype(decode_dtype(ctx.cfg.decode.dtype, ctx.device), ctx.device)
+    if dtype == ctx.target.dtype or not ranks.is_zero():
+        return engine
+    target = copy.deepcopy(ctx.target).to(dtype)
+    arms = build_arms(specs, target, ctx.tokenizer, ngram_spec(ctx.cfg.drafter))
+    timed = make_engine(target, ctx.tokenizer, arms, ctx.cfg.decode)
+    timed.warmup()
+    return timed
+
+
 def run(ctx: StageContext) -> dict:
     cfg, d = ctx.cfg, ctx.cfg.drafter
     specs = drafter_specs(ctx.run.require("distill"), d)
@@ -125,7 +141,8 @@ def run(ctx: StageContext) -> dict:
     engine.warmup()
     alone.warmup()
     prompts = log_prompts(ctx)
-    times = timing(engine, prompts[0]["prompt_ids"], min(COST_TOKENS, cfg.decode.max_new_tokens))
+    n_cost = min(COST_TOKENS, cfg.decode.max_new_tokens)
+    times = timing(timing_engine(ctx, specs, engine), prompts[0]["prompt_ids"], n_cost)
     with Progress() as progress:
         task = progress.add_task(f"log_acceptance ({SPLIT} prompts)", total=len(prompts))
         rows = ranks.map_sharded(

@@ -114,19 +114,32 @@ def test_decode_refuses_an_ensemble_trained_for_another_target(full_run, tmp_pat
         decode(parse_args([f"run={export}", "prompt=hi", "quiet=true"]))
 
 
-@pytest.mark.parametrize("shipped", ["fp32", "bf16"])
-def test_decode_dtype_defaults_to_the_exports_and_an_explicit_one_wins(full_run, tmp_path, shipped):
+@pytest.mark.parametrize(
+    "shipped,amx,want",
+    [
+        ("fp32", True, torch.float32),
+        ("bf16", False, torch.bfloat16),
+        ("auto", True, torch.bfloat16),  # a CPU with bf16 matrix units
+        ("auto", False, torch.float32),
+        (None, True, torch.bfloat16),  # a manifest from before decode.dtype was read: auto
+    ],
+)
+def test_decode_dtype_defaults_to_the_exports_and_an_explicit_one_wins(
+    full_run, tmp_path, monkeypatch, shipped, amx, want
+):
     from metasd_train.export.ensemble import load_ensemble
 
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
     export = tmp_path / "export"
     shutil.copytree(full_run.path / "export", export)
     manifest = json.loads((export / "ensemble.json").read_text())
-    manifest["decode"]["dtype"] = shipped
+    manifest["decode"].pop("dtype")
+    if shipped is not None:
+        manifest["decode"]["dtype"] = shipped
     (export / "ensemble.json").write_text(json.dumps(manifest))
-    want = {"fp32": torch.float32, "bf16": torch.bfloat16}
-    assert load_ensemble(export, "cpu").target.model.dtype == want[shipped]
-    other = "bf16" if shipped == "fp32" else "fp32"
-    assert load_ensemble(export, "cpu", dtype=other).target.model.dtype == want[other]
+    assert load_ensemble(export, "cpu").target.model.dtype == want
+    other = torch.bfloat16 if want == torch.float32 else torch.float32
+    assert load_ensemble(export, "cpu", dtype=str(other).removeprefix("torch.")).target.model.dtype == other
 
 
 def test_decode_answers_a_question_file(full_run, tmp_path):
@@ -139,7 +152,9 @@ def test_decode_answers_a_question_file(full_run, tmp_path):
     )
     out = tmp_path / "answers.jsonl"
     summary = decode(
-        parse_args([f"run={full_run.path}", f"prompts={q}", f"out={out}", "max_new_tokens=8", "quiet=true"])
+        parse_args(
+            [f"run={full_run.path}", f"prompts={q}", f"out={out}", "max_new_tokens=8", "quiet=true", "dtype=bf16"]
+        )
     )
     answers = [json.loads(line) for line in out.read_text().splitlines()]
     assert [len(a["answers"]) for a in answers] == [2, 1]

@@ -44,6 +44,7 @@ def test_recipe_list_names_every_recipe_with_a_description():
         (["recipe=tiny", "bandit.policy=greedy"], "bandit.policy='greedy' is not valid"),
         (["recipe=tiny", "drafter.ngram_length=auto"], "drafter.ngram_length='auto' is not valid"),
         (["recipe=tiny", "decode.top_p=1.5"], "0 < top_p <= 1"),
+        (["recipe=tiny", "decode.dtype=fp8"], "decode.dtype='fp8' is not valid"),
         (
             ["recipe=tiny", "target.name=/no/such/model", "stages=[data]", "run_dir=/tmp/metasd-test-bad"],
             "does not exist",
@@ -83,6 +84,7 @@ def test_decode_bad_options_give_one_clear_line(tmp_path):
         (["run=x", "prompt=hi", "temperature=-1"], "temperature=-1.0 is out of range"),
         (["run=x", "prompt=hi", "top_p=0"], "top_p=0.0 is out of range"),
         (["run=x", "prompt=hi", "max_new_tokens=0"], "max_new_tokens=0 is out of range"),
+        (["run=x", "prompt=hi", "dtype=fp8"], "dtype='fp8' is not valid"),
     ):
         out = cli(*args, script="decode.py")
         assert out.returncode == 2 and expected in out.stderr and len(out.stderr.strip().splitlines()) == 1

@@ -45,8 +45,10 @@ def test_a_bf16_target_is_timed_against_the_faster_of_itself_and_an_fp32_copy(mo
     target = tiny_llama(32, layers=1, seed=0).to(torch.bfloat16)
     engine, dcfg = engine_for(target)
     baseline = decode_cli.Baseline(engine, target, None, dcfg)
+    assert sorted(used) == ["bfloat16", "float32"]  # each warmed once before any prompt is timed
     assert baseline.name == "HF generate, the faster of bfloat16 and float32"
     assert target.dtype == torch.bfloat16  # the engine's target is not converted
+    used.clear()
     assert baseline.seconds_per_token([3, 4], 5) == 1.0 and sorted(used) == ["bfloat16", "float32"]
 
 
@@ -56,7 +58,8 @@ def test_an_fp32_target_is_its_own_baseline(monkeypatch):
     target = tiny_llama(32, layers=1, seed=0)
     engine, dcfg = engine_for(target)
     baseline = decode_cli.Baseline(engine, target, None, dcfg)
-    assert baseline.name == "HF generate, float32"
+    assert baseline.name == "HF generate, float32" and used == [target]  # warmed once
+    used.clear()
     assert baseline.seconds_per_token([3, 4], 5) == 0.6 and used == [target]
 
 
@@ -66,3 +69,25 @@ def test_the_summary_has_no_baseline_columns_without_a_baseline():
     assert "speed-up" not in headers and "baseline tok/s" not in headers
     with_baseline = {"all": {**summary["all"], "baseline_tokens_per_s": 4.0, "speedup": 2.0}}
     assert "speed-up" in [c.header for c in decode_cli.summary_table(with_baseline, ["ngram"], "HF").columns]
+
+
+@pytest.mark.parametrize("decode", ["fp32", "bf16"])
+def test_the_acceptance_log_times_costs_in_decodings_dtype(decode):
+    """Rows come from the training target (fp32 on a CPU); the costs the bandit's prior is fitted on are
+    timed on a copy in the dtype decode.py will run in."""
+    from types import SimpleNamespace
+
+    from metasd_train.compose import compose
+    from metasd_train.pipeline.stage_log_acceptance import timing_engine
+
+    target = tiny_llama(32, layers=1, seed=0)
+    ctx = SimpleNamespace(
+        cfg=compose(["recipe=tiny", f"decode.dtype={decode}"]), device=CPU, target=target, tokenizer=None
+    )
+    engine = object()
+    timed = timing_engine(ctx, [], engine)
+    assert target.dtype == torch.float32  # the rows' target is untouched
+    if decode == "fp32":
+        assert timed is engine
+    else:
+        assert timed.target.model.dtype == torch.bfloat16 and [a.name for a in timed.arms] == ["ngram"]
