@@ -121,11 +121,24 @@ def resolve_source(name: str) -> Source:
     )
 
 
+GGUF_KEY_BYTES = 8 << 20  # hashed from each end of a GGUF for its cache key
+
+
+def gguf_key(path: Path) -> str:
+    """A GGUF's cache key from its content (size, first and last bytes), not its path: the same file in
+    another virtual environment or clone reuses the folder instead of adding a copy of the model."""
+    size = path.stat().st_size
+    h = hashlib.sha1(str(size).encode())
+    with open(path, "rb") as f:
+        h.update(f.read(GGUF_KEY_BYTES))
+        f.seek(max(size - GGUF_KEY_BYTES, 0))
+        h.update(f.read(GGUF_KEY_BYTES))
+    return h.hexdigest()[:12]
+
+
 def _gguf_as_hf_dir(path: Path) -> Path:
     """Dequantise a GGUF once into a cached safetensors folder; return that folder."""
-    stat = path.stat()
-    key = hashlib.sha1(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
-    out = cache_dir() / "gguf" / f"{path.stem}-{key}"
+    out = cache_dir() / "gguf" / f"{path.stem}-{gguf_key(path)}"
     if all((out / f).is_file() for f in HF_DIR_FILES):
         return out
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -186,3 +186,18 @@ def test_random_targets_take_an_arch_and_name_a_bad_key():
         load_model({**spec, "config": {**cfg, "hiden_size": 8}})
     with pytest.raises(UserError, match="arch='gpt9' is not valid; choose one of: llama, qwen2"):
         load_model({**spec, "config": {**cfg, "arch": "gpt9"}})
+
+
+def test_a_gguf_cache_key_follows_its_content_not_its_path(tmp_path, monkeypatch):
+    """The same GGUF in two virtual environments shares one dequantised folder; another file gets its own."""
+    monkeypatch.setattr(loading, "GGUF_KEY_BYTES", 16)
+    body = b"GGUF" + bytes(range(200))
+    a, b = tmp_path / "venv1" / "m.gguf", tmp_path / "venv2" / "m.gguf"
+    for p in (a, b):
+        p.parent.mkdir()
+        p.write_bytes(body)
+    assert loading.gguf_key(a) == loading.gguf_key(b)
+    other = tmp_path / "other.gguf"
+    for changed in (body[:-1] + b"x", body[:3] + b"x" + body[4:], body + b"\0"):  # its tail, its head, its size
+        other.write_bytes(changed)
+        assert loading.gguf_key(other) != loading.gguf_key(a)
