@@ -121,19 +121,27 @@ def resolve_source(name: str) -> Source:
     )
 
 
-GGUF_KEY_BYTES = 8 << 20  # hashed from each end of a GGUF for its cache key
-
-
 def gguf_key(path: Path) -> str:
-    """A GGUF's cache key from its content (size, first and last bytes), not its path: the same file in
-    another virtual environment or clone reuses the folder instead of adding a copy of the model."""
-    size = path.stat().st_size
-    h = hashlib.sha1(str(size).encode())
+    """A GGUF's cache key from its whole content, not its path: the same file in another virtual
+    environment or clone reuses the dequantised folder instead of adding a copy of the model. The
+    hash is remembered per (path, size, mtime), so a file is read once, not at every load."""
+    stat = path.stat()
+    stamp = hashlib.sha1(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()
+    memo = cache_dir() / "gguf" / "keys" / stamp
+    try:
+        return memo.read_text().strip()
+    except OSError:
+        pass
+    h = hashlib.sha1()
     with open(path, "rb") as f:
-        h.update(f.read(GGUF_KEY_BYTES))
-        f.seek(max(size - GGUF_KEY_BYTES, 0))
-        h.update(f.read(GGUF_KEY_BYTES))
-    return h.hexdigest()[:12]
+        while block := f.read(16 << 20):
+            h.update(block)
+    key = h.hexdigest()[:12]
+    memo.parent.mkdir(parents=True, exist_ok=True)
+    tmp = memo.with_name(f"{stamp}.{os.getpid()}.tmp")
+    tmp.write_text(key)
+    os.replace(tmp, memo)  # ranks may race: each writes the same key
+    return key
 
 
 def _gguf_as_hf_dir(path: Path) -> Path:

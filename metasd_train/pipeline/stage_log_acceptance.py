@@ -119,7 +119,8 @@ def publish(ctx: StageContext, rows: list[dict], names: list[str]) -> dict:
 def timing_engine(ctx: StageContext, specs: list[dict], engine):
     """The engine the costs are timed with: in the dtype decode.py will run in. Training's target is
     fp32 on every CPU, while decoding is bf16 on a CPU with bf16 matrix units, where a verify's cost
-    hardly grows with its width (bench/results/cpu-bf16); the rows stay exact from `engine`."""
+    hardly grows with its width (bench/results/cpu-bf16); the rows stay exact from `engine`, and so
+    do the prompt features of the bandit's context (decoding computes them in its own dtype)."""
     dtype = pick_dtype(decode_dtype(ctx.cfg.decode.dtype, ctx.device), ctx.device)
     if dtype == ctx.target.dtype or not ranks.is_zero():
         return engine

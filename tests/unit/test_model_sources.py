@@ -189,15 +189,22 @@ def test_random_targets_take_an_arch_and_name_a_bad_key():
 
 
 def test_a_gguf_cache_key_follows_its_content_not_its_path(tmp_path, monkeypatch):
-    """The same GGUF in two virtual environments shares one dequantised folder; another file gets its own."""
-    monkeypatch.setattr(loading, "GGUF_KEY_BYTES", 16)
-    body = b"GGUF" + bytes(range(200))
+    """The same GGUF in two virtual environments shares one dequantised folder; a file that differs
+    anywhere, its middle included, gets its own; a file is hashed once per (path, size, mtime)."""
+    monkeypatch.setenv("METASD_CACHE_DIR", str(tmp_path / "cache"))
+    body = b"GGUF" + bytes(range(200)) * 4
     a, b = tmp_path / "venv1" / "m.gguf", tmp_path / "venv2" / "m.gguf"
     for p in (a, b):
         p.parent.mkdir()
         p.write_bytes(body)
     assert loading.gguf_key(a) == loading.gguf_key(b)
-    other = tmp_path / "other.gguf"
-    for changed in (body[:-1] + b"x", body[:3] + b"x" + body[4:], body + b"\0"):  # its tail, its head, its size
+    middle = len(body) // 2
+    for i, changed in enumerate((body[:middle] + b"x" + body[middle + 1 :], body + b"\0")):  # its middle, its size
+        other = tmp_path / f"other{i}.gguf"
         other.write_bytes(changed)
         assert loading.gguf_key(other) != loading.gguf_key(a)
+    memo = list((tmp_path / "cache" / "gguf" / "keys").iterdir())
+    assert len(memo) == 4 and all(m.read_text() for m in memo)  # one per file; no temp file left
+    key = loading.gguf_key(a)
+    monkeypatch.setattr(loading, "open", lambda *_: pytest.fail("hashed again"), raising=False)
+    assert loading.gguf_key(a) == key  # from the memo, without reading the file
