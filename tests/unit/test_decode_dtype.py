@@ -91,3 +91,12 @@ def test_the_acceptance_log_times_costs_in_decodings_dtype(decode):
         assert timed is engine
     else:
         assert timed.target.model.dtype == torch.bfloat16 and [a.name for a in timed.arms] == ["ngram"]
+
+
+def test_the_bench_on_a_cpu_defaults_to_fp32_and_keeps_what_it_is_asked(monkeypatch):
+    """Its HF baseline rows run in the bench's dtype, and bf16 is the slower of the two on an AMX CPU."""
+    from bench.harness import bench_dtype
+
+    assert bench_dtype(None, "cpu") == "fp32" and bench_dtype("bf16", "cpu") == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert bench_dtype(None, "cuda") is None  # on a GPU: the export's decode.dtype
