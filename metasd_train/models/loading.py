@@ -9,6 +9,7 @@ spec dict: specs are read back from run and export folders that may have been ha
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from dataclasses import dataclass
@@ -137,10 +138,14 @@ def gguf_key(path: Path) -> str:
         while block := f.read(16 << 20):
             h.update(block)
     key = h.hexdigest()[:12]
-    memo.parent.mkdir(parents=True, exist_ok=True)
     tmp = memo.with_name(f"{stamp}.{os.getpid()}.tmp")
-    tmp.write_text(key)
-    os.replace(tmp, memo)  # ranks may race: each writes the same key
+    try:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(key)
+        os.replace(tmp, memo)  # ranks may race: each writes the same key
+    except OSError:  # a read-only cache: hash again next time
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
     return key
 
 

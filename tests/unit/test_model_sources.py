@@ -208,3 +208,16 @@ def test_a_gguf_cache_key_follows_its_content_not_its_path(tmp_path, monkeypatch
     key = loading.gguf_key(a)
     monkeypatch.setattr(loading, "open", lambda *_: pytest.fail("hashed again"), raising=False)
     assert loading.gguf_key(a) == key  # from the memo, without reading the file
+
+
+def test_a_read_only_cache_still_gives_the_key(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    monkeypatch.setenv("METASD_CACHE_DIR", str(cache))
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF" + bytes(100))
+    key = loading.gguf_key(gguf)
+    monkeypatch.setattr(loading.os, "replace", lambda *_: (_ for _ in ()).throw(PermissionError("read-only")))
+    (cache / "gguf" / "keys").rename(cache / "gguf" / "old")
+    assert loading.gguf_key(gguf) == key
+    assert not list((cache / "gguf" / "keys").iterdir())  # no temp file left behind
