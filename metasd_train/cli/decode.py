@@ -23,7 +23,7 @@ from metasd_train.decoding.hf_generate import hf_generate
 from metasd_train.decoding.records import summarize
 from metasd_train.errors import UserError
 from metasd_train.export.ensemble import find_export, load_ensemble
-from metasd_train.models.loading import DTYPES, cpu_multiplies_bf16
+from metasd_train.models.loading import check_dtype, cpu_multiplies_bf16
 from metasd_train.models.tokenizers import eos_ids
 from metasd_train.pipeline import plots
 
@@ -66,8 +66,8 @@ def parse_args(argv: list[str]) -> DecodeArgs:
             ("max_len", lambda v: v >= 2, ">= 2"),
         ],
     )
-    if args.dtype is not None and args.dtype != "auto" and args.dtype not in DTYPES:
-        raise UserError(f"dtype={args.dtype!r} is not valid; choose one of: auto, {', '.join(DTYPES)}")
+    if args.dtype is not None:
+        check_dtype(args.dtype)
     if args.prompt is None and args.prompts is None:
         raise UserError('nothing to decode: pass prompt="..." or prompts=FILE.jsonl')
     if args.prompt is not None and not args.prompt.strip():
@@ -110,10 +110,11 @@ class Baseline:
         if engine.fast:
             self.alone = make_engine(target, tokenizer, [NoDraftArm("target_only", target.config.vocab_size)], dcfg)
             self.alone.warmup()
-        elif target.device.type == "cpu" and target.dtype != torch.float32:
-            self.models.append(copy.deepcopy(target).float())
-        for m in self.models if self.alone is None else ():  # first-call costs out of the first prompt's time
-            hf_generate(m, [3, 4, 5], 2, self.eos, self.params)
+        else:
+            if target.device.type == "cpu" and target.dtype != torch.float32:
+                self.models.append(copy.deepcopy(target).float())
+            for m in self.models:  # first-call costs out of the first prompt's time
+                hf_generate(m, [3, 4, 5], 2, self.eos, self.params)
         dtypes = " and ".join(str(m.dtype).removeprefix("torch.") for m in self.models)
         many = len(self.models) > 1
         self.name = (

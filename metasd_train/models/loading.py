@@ -209,11 +209,16 @@ DTYPES = {
 }
 
 
+def check_dtype(dtype) -> None:
+    """One error line for a dtype name that is neither "auto" nor in DTYPES."""
+    if dtype != "auto" and (not isinstance(dtype, str) or dtype not in DTYPES):
+        raise UserError(f"dtype={dtype!r} is not valid; choose one of: auto, {', '.join(DTYPES)}")
+
+
 def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    check_dtype(dtype)
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if not isinstance(dtype, str) or dtype not in DTYPES:
-        raise UserError(f"dtype={dtype!r} is not valid; choose one of: auto, {', '.join(DTYPES)}")
     return DTYPES[dtype]
 
 
