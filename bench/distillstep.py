@@ -1,13 +1,16 @@
 """Optimizer steps per second of EAGLE-3 head training on a GPU, with and without SDPA's cuDNN backend.
 
 python -m bench.distillstep [steps=60] [batch=16] [min_len=160] [max_len=640] [draft_vocab=32768] [ttt_steps=5]
+                            [profile=DIR]
 
 A random target of Qwen2.5-1.5B's shapes (bf16), a fresh head, bf16-mixed Lightning, and sequences of
 random lengths in [min_len, max_len], so batches are padded to a new length most steps, as
 DistillDataModule's are. Runs `cudnn=off` (HeadDistillModule as shipped: `no_cudnn_attention`) and
 `cudnn=on` (that context replaced by a no-op: torch's default backend order), each timing every step
 between device syncs. Reports steps/s after 3 warm-up steps and the median step of lengths seen for
-the first time vs seen before (cuDNN builds an execution plan per new shape).
+the first time vs seen before (cuDNN builds an execution plan per new shape). With `profile=DIR`, the
+shipped run (cuDNN off) also runs under Lightning's PyTorchProfiler for 5 steps after 10, and its
+table of operators by device time is written to DIR.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ class DistillStepArgs:
     max_len: int = 640
     draft_vocab: int = 32768
     ttt_steps: int = 5
+    profile: str = ""  # a folder for the profiler's table of the cuDNN-off run ("" = none)
 
 
 class StepTimes(L.Callback):
@@ -66,6 +70,15 @@ def examples(args: DistillStepArgs, vocab: int) -> list[dict]:
     return [to_example({"prompt_ids": x[: len(x) // 2], "response_ids": x[len(x) // 2 :]}) for x in ids]
 
 
+def profiler(folder: str):
+    """Lightning's PyTorchProfiler over steps 10..14, its table sorted by device time."""
+    from lightning.pytorch.profilers import PyTorchProfiler
+
+    schedule = torch.profiler.schedule(wait=8, warmup=2, active=5, repeat=1)
+    return PyTorchProfiler(dirpath=folder, filename="distillstep", schedule=schedule,
+                           sort_by_key="cuda_time_total", row_limit=60)  # fmt: skip
+
+
 def run(target, args: DistillStepArgs, cudnn: bool) -> dict:
     """Fit `args.steps` steps of a fresh head; steps/s and median first-seen / seen-before step seconds."""
     vocab, gpu = target.config.vocab_size, target.device.type == "cuda"
@@ -75,7 +88,8 @@ def run(target, args: DistillStepArgs, cudnn: bool) -> dict:
     times = StepTimes()
     trainer = L.Trainer(accelerator="gpu" if gpu else "cpu", devices=1, precision="bf16-mixed" if gpu else "32-true",
                         max_steps=args.steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, callbacks=[times])  # fmt: skip
+                        enable_model_summary=False, callbacks=[times],
+                        profiler=profiler(args.profile) if args.profile and not cudnn else None)  # fmt: skip
     patch = mock.patch.object(head_module, "no_cudnn_attention", contextlib.nullcontext) if cudnn else None
     with patch or contextlib.nullcontext():
         trainer.fit(module, loader)

@@ -6,8 +6,9 @@ python -m bench.startup [shapes=qwen-coder] [heads=7] [draft_vocab=32768] [max_l
 Random weights of a recipe's real shapes (loading is not timed here: decode.py prints it), so no
 model package is needed: the target, `heads` EAGLE-3 heads and, for qwen-coder, the 0.5B black-box
 drafter, plus the n-gram arm. Prints and writes SpecEngine.warmup_profile (seconds and graphs per
-cache, then the first requests) and the total. Run it twice with the same TORCHINDUCTOR_CACHE_DIR
-to see a cold and a warm compile cache; `profile=` keeps a cProfile of the warm-up.
+cache, then the first requests), the total, and the target's graphed step at widths 1 and γ+1 (what
+a compile setting costs per step). Run it twice with the same TORCHINDUCTOR_CACHE_DIR to see a cold
+and a warm compile cache; `profile=` keeps a cProfile of the warm-up.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class StartupArgs:
     draft_vocab: int = 32768
     max_len: int = 2048
     gamma: int = 5
-    compile: str = "fused"
+    compile: str = "static"
     profile: str = ""  # cProfile output of the warm-up ("" = none)
     out: str = ""  # JSON of the profile ("" = print only)
 
@@ -85,8 +86,11 @@ def main(argv: list[str]) -> None:
     if profiler:
         profiler.disable()
         profiler.dump_stats(args.profile)
+    widths = sorted({1, args.gamma + 1})  # what the setting costs per step, not only at start-up
+    step_ms = {w: round(1000 * engine.forward_seconds(engine.target, w, reps=50), 4) for w in widths}
     report = {"args": vars(args), "card": torch.cuda.get_device_name(), "torch": torch.__version__,
-              "build_s": round(built, 3), "warmup_s": round(warm, 3), "by_cache": engine.warmup_profile}  # fmt: skip
+              "build_s": round(built, 3), "warmup_s": round(warm, 3), "by_cache": engine.warmup_profile,
+              "target_step_ms_by_width": step_ms}  # fmt: skip
     print(json.dumps(report, indent=1))
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=1) + "\n")

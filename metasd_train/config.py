@@ -151,7 +151,7 @@ class DecodeConfig:
     seed: int = 0
     fast: bool = True  # on CUDA: static KV caches + CUDA graphs (eager DynamicCache path otherwise)
     max_len: int = 2048  # positions in the fast path's static caches (prompt + new tokens)
-    compile: str = "fused"  # fast path fusion (decoding/fastmodel.py COMPILE): none | fused | layer | layer-autotune
+    compile: str = "static"  # fast path fusion (decoding/fastmodel.py COMPILE): none | fused | static | layer | layer-autotune
 
 
 @dataclass

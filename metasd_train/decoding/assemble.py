@@ -107,5 +107,5 @@ def make_engine(target, tokenizer, arms, decode_cfg, full_feedback: bool = False
         full_feedback=full_feedback,
         fast=bool(decode_cfg.fast) and target.device.type == "cuda",
         max_len=int(decode_cfg.max_len),
-        compile=str(decode_cfg.get("compile", "fused")),
+        compile=str(decode_cfg.get("compile", "static")),
     )

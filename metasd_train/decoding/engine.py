@@ -88,7 +88,7 @@ class SpecEngine:
         full_feedback: bool = False,
         fast: bool = False,
         max_len: int | None = None,
-        compile: str = "fused",
+        compile: str = "static",
     ):
         self.vocab_size = target.config.vocab_size
         self.arms, self.params = arms, params

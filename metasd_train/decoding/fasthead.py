@@ -6,7 +6,7 @@ cos/sin tables made once and gathered by position, one matmul for q/k/v and one 
 copies built here: the head, its training and its saved format are untouched), and the elementwise
 chains between matmuls (norm + cat, residual + norm, SiLU * up) as fused_ops' pure functions.
 Under any compiling `compile` setting (fastmodel.COMPILE: all but "none") those functions are
-compiled for every width (the ones the target shares are the target's own compilations), with
+compiled for every width (over the token count, or once per width under "static") (the ones the target shares are the target's own compilations), with
 attention written out as matmuls and softmax and the greedy pick (argmax, then the draft-to-target
 id map); and the link a greedy chain repeats (embedding, step, pick) is compiled whole, at width 1
 only, with the setting's inductor mode ("default" for "fused"). Everything stays CUDA-graph capturable.
@@ -48,10 +48,11 @@ INDUCTOR = EAGER._replace(attend=attend_matmul)  # what compiles well: SDPA's ke
 
 
 @functools.cache
-def head_fused_ops() -> HeadOps:
-    """INDUCTOR compiled, dynamic over the token dim (and span); the target's compiled ones where shared."""
-    ops = fused_ops()
-    norm_cat, attention, greedy = (torch.compile(f, dynamic=True) for f in (rms_norm_cat, attend_matmul, pick))
+def head_fused_ops(dynamic: bool = True) -> HeadOps:
+    """INDUCTOR compiled, dynamic over the token dim (and span) or static per width (the span marked
+    dynamic by the caller); the target's compiled ones where shared."""
+    ops = fused_ops(dynamic)
+    norm_cat, attention, greedy = (torch.compile(f, dynamic=dynamic) for f in (rms_norm_cat, attend_matmul, pick))
     return HeadOps(ops.prologue, norm_cat, ops.add_rms_norm, ops.rope_write, ops.silu_mul, attention, greedy)
 
 
@@ -198,7 +199,8 @@ class FastHead(HeadSteps):
             self.cos, self.sin = rope(torch.arange(length, device=self.device), c.head_dim, c.rope_theta, w.dtype)
             self.slots = torch.arange(length, device=self.device)
         setting = COMPILE[self.compile]
-        self.ops = head_fused_ops() if setting.fuse else EAGER
+        self.ops = head_fused_ops(setting.dynamic) if setting.fuse else EAGER
+        self.per_width = setting.fuse and not setting.dynamic  # compiled per width, the span marked dynamic
         self._greedy = compiled_greedy_step(setting.layer_mode or "default") if setting.fuse else None
         self.static = setting.fuse
         if self.static:  # dynamic=True compiles see these with fixed sizes (only the token dim varies)
@@ -219,7 +221,10 @@ class FastHead(HeadSteps):
 
     def step(self, hidden, ids, positions, cache: HeadCache, span: int):
         # hidden: [S, d]; ids, positions: [S] -> out_hidden [S, d], logits [S, K]
-        mask, cos, sin = self.ops.prologue(positions, self.slots[:span], self.cos, self.sin, self.rep)
+        slots = self.slots[:span]
+        if self.per_width:
+            torch._dynamo.maybe_mark_dynamic(slots, 0)  # one graph per width serves every span
+        mask, cos, sin = self.ops.prologue(positions, slots, self.cos, self.sin, self.rep)
         embeds = F.embedding(ids, self.embed.weight)
         return head_step(self.ops, self.weights, hidden, embeds, positions, cos, sin, mask, cache.k, cache.v)
 

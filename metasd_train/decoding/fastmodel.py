@@ -8,8 +8,10 @@ with them), so SDPA sees one head per key/value head.
 
 A small model on a GPU is bound by how many kernels a forward launches, not by bytes, so the
 elementwise work between matmuls can be fused by torch.compile (`COMPILE`): "fused" compiles small
-pure functions over any number of tokens, "layer" compiles the whole decoder layer once per width
-(the attended span stays dynamic). Models outside the family are refused by `unsupported` with a
+pure functions over any number of tokens, "static" compiles the same functions once per width
+(no symbolic reasoning over the token count: cheaper compiles and guards at start-up; the prefill,
+any length, then runs them eagerly), "layer" compiles the whole decoder layer once per width (the
+attended span stays dynamic in both). Models outside the family are refused by `unsupported` with a
 reason, and the caller falls back to the model's own forward.
 """
 
@@ -29,13 +31,15 @@ FAMILIES = frozenset({"LlamaForCausalLM", "Qwen2ForCausalLM"})  # same layout; Q
 
 
 class Setting(NamedTuple):
-    fuse: bool  # compile the small elementwise functions (dynamic over the token dim)
+    fuse: bool  # compile the small elementwise functions
     layer_mode: str | None  # compile each decoder layer per width with this inductor mode (None: don't)
+    dynamic: bool = True  # the small functions: one compile over every token count, or one per width
 
 
 COMPILE = {
     "none": Setting(False, None),
     "fused": Setting(True, None),
+    "static": Setting(True, None, dynamic=False),
     "layer": Setting(True, "default"),
     "layer-autotune": Setting(True, "max-autotune-no-cudagraphs"),
 }
@@ -102,10 +106,11 @@ def _room_for_graphs() -> None:
 
 
 @functools.cache
-def fused_ops() -> Ops:
-    """PLAIN compiled, dynamic over the token dim: shared by every FastModel (one set of compilations)."""
+def fused_ops(dynamic: bool = True) -> Ops:
+    """PLAIN compiled, dynamic over the token dim or static per width: shared by every FastModel (one
+    set of compilations)."""
     _room_for_graphs()
-    return Ops(*(torch.compile(f, dynamic=True) for f in PLAIN))
+    return Ops(*(torch.compile(f, dynamic=dynamic) for f in PLAIN))
 
 
 class Layer(NamedTuple):
@@ -182,7 +187,8 @@ class FastModel:
         n_kv, head_dim = self.layers[0].k.shape[1], self.layers[0].k.shape[3]
         self.rep = (self.layers[0].qkv.shape[0] // head_dim - 2 * n_kv) // n_kv  # query heads per key/value head
         setting = COMPILE[self.compile]
-        self.ops = fused_ops() if setting.fuse else PLAIN
+        self.ops = fused_ops(setting.dynamic) if setting.fuse else PLAIN
+        self.static = setting.fuse and not setting.dynamic  # compiled per width: the prefill runs PLAIN
         self._layer = compiled_layer(setting.layer_mode) if setting.layer_mode else None
         if setting.fuse:
             self._mark_static()
@@ -202,8 +208,11 @@ class FastModel:
         hidden states [S, d], HF's `hidden_states[-1]`; otherwise None.
         """
         # ids, pos: [S] -> logits [S, V], hidden [S, d] | None
-        mask, cos, sin = self.ops.prologue(pos, self.slots[:span], self.cos, self.sin, self.rep)
-        layer_fn = functools.partial(decoder_layer, self.ops)
+        ops, slots = (PLAIN if hidden and self.static else self.ops), self.slots[:span]
+        if self.static:
+            torch._dynamo.maybe_mark_dynamic(slots, 0)  # one graph per width serves every span
+        mask, cos, sin = ops.prologue(pos, slots, self.cos, self.sin, self.rep)
+        layer_fn = functools.partial(decoder_layer, ops)
         if self._layer is not None and not hidden:
             torch._dynamo.maybe_mark_dynamic(mask, 3)  # one graph per width serves every span
             layer_fn = self._layer
@@ -213,7 +222,7 @@ class FastModel:
             hs, x, delta = layer_fn(x, delta, layer, pos, cos, sin, mask)
             if i in self.feature_layers:
                 states[i] = hs
-        _, out = self.ops.add_rms_norm(x, delta, self.norm, self.eps)
+        _, out = ops.add_rms_norm(x, delta, self.norm, self.eps)
         states[len(self.layers)] = out
         if self.features is not None:
             self.features.index_copy_(0, pos, torch.cat([states[i] for i in self.feature_layers], dim=-1))

@@ -117,7 +117,7 @@ class StaticLM:
         max_len: positions the sequence may reach; the buffers add a margin of the widest width.
         widths: forward widths captured as graphs; others are padded up, longer ones chunked.
         fast_forward: use fastmodel.FastModel when it supports the model (`fallback` says why not).
-        compile: fastmodel.COMPILE key for the fast forward ("none" | "fused" | "layer" | ...).
+        compile: fastmodel.COMPILE key for the fast forward ("none" | "fused" | "static" | "layer" | ...).
         feature_layers: indices into HF's `hidden_states`; every forward (graphed or not) writes, at
             each position it feeds, their concatenation into `features` [max_len + margin, len * d].
     """
@@ -129,7 +129,7 @@ class StaticLM:
         max_len: int,
         widths: tuple[int, ...],
         fast_forward: bool = True,
-        compile: str = "fused",
+        compile: str = "static",
         feature_layers=None,
     ):
         self.model, self.vocab_size, self.max_len = model, vocab_size, max_len

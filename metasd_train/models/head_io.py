@@ -122,13 +122,14 @@ def load_head(folder, device="cpu", dtype: torch.dtype | None = None) -> DraftHe
     if not path.is_file():
         raise UserError(f"{path} is missing; save the head again")
     try:
-        state = load_file(str(path))
+        state = load_file(str(path), device=str(device))
     except (SafetensorError, OSError, ValueError) as e:
         raise UserError(f"{path} is truncated or corrupt ({e}); save the head again") from None
     _check(state, expected_shapes(config), path)
-    head = DraftHead(config)
-    head.load_state_dict(state)
-    return head.to(device=device, dtype=dtype or state["fc.weight"].dtype).eval()
+    with torch.device("meta"):  # no random init to overwrite: the file's tensors become the head's
+        head = DraftHead(config)
+    head.load_state_dict(state, assign=True)
+    return head.to(dtype=dtype or state["fc.weight"].dtype).eval()
 
 
 def _read_config(path: Path) -> HeadConfig:

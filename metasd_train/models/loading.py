@@ -282,6 +282,7 @@ def load_model(spec, device: torch.device | str = "cpu", *, trust_remote_code: b
         tokenizer = load_tokenizer(spec["tokenizer"], trust) if spec.get("tokenizer") else None
     else:
         path = hf_dir(spec["name"])
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust)
+        onto = {"device_map": {"": str(device)}} if device.type == "cuda" else {}  # straight to the GPU, cast there
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust, **onto)
         tokenizer = load_tokenizer(spec["name"], trust)
     return LoadedModel(model.to(device=device, dtype=dtype).eval(), tokenizer)

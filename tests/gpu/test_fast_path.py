@@ -16,7 +16,7 @@ from metasd_train.models.random_init import tiny_llama, tiny_qwen2
 
 pytestmark = pytest.mark.gpu
 V = 64
-COMPILES = pytest.mark.parametrize("compile", ["none", "fused", "layer"])
+COMPILES = pytest.mark.parametrize("compile", ["none", "fused", "static", "layer"])
 
 
 def engine_for(target, fast, graphs=True, params=SamplingParams(), compile="fused"):

@@ -43,7 +43,7 @@ def drafts(rt: HeadRuntime, head, features, ids):
     return out, logits, chains
 
 
-@pytest.mark.parametrize("compile", ["none", "fused", "layer"])
+@pytest.mark.parametrize("compile", ["none", "fused", "static", "layer"])
 def test_graphed_fast_steps_equal_eager_steps(head, compile):
     gen = torch.Generator("cuda").manual_seed(1)
     features = torch.randn(40, 3 * head.config.hidden_size, device="cuda", generator=gen)
@@ -57,7 +57,7 @@ def test_graphed_fast_steps_equal_eager_steps(head, compile):
     assert graphed[2] == reference[2]
 
 
-@pytest.mark.parametrize("compile", ["none", "fused"])
+@pytest.mark.parametrize("compile", ["none", "fused", "static"])
 @torch.inference_mode()
 def test_a_graphed_sampled_chain_equals_the_eager_one_on_the_same_noise(head, compile):
     from metasd_train.decoding.sampling import SamplingParams
