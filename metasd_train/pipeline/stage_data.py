@@ -13,10 +13,11 @@ from omegaconf import OmegaConf
 from rich.progress import Progress
 
 from metasd_train.atomic import atomic_dir, write_text
-from metasd_train.data.prompts import domain_prompts
+from metasd_train.data.prompts import domain_prompts, written_examples
 from metasd_train.data.selfdistill import answer
 from metasd_train.errors import UserError
 from metasd_train.pipeline import ranks
+from metasd_train.models.tokenizers import eos_ids
 from metasd_train.pipeline.context import StageContext
 
 
@@ -37,14 +38,32 @@ def run(ctx: StageContext) -> dict:
             ranks.barrier()
     if not ranks.is_zero():
         return {}
-    examples = datasets.concatenate_datasets([datasets.load_from_disk(str(p)) for p in sorted(shards)])
+    examples = datasets.concatenate_datasets(
+        [datasets.load_from_disk(str(p)) for p in sorted(shards)] + written_dataset(ctx, rows)
+    )
     with atomic_dir(ctx.run.stage_dir("data")) as out:
         datasets.Dataset.from_list(rows).save_to_disk(str(out / "prompts"))
         examples.save_to_disk(str(out / "examples"))
         write_heldout(rows, ctx.cfg.decode.heldout_per_domain, out / "heldout.jsonl")
     shutil.rmtree(partial)
     counts = Counter((r["domain"], r["split"]) for r in rows)
-    return {"prompts": {f"{d}/{s}": n for (d, s), n in sorted(counts.items())}, "examples": len(examples)}
+    written = Counter(examples["kind"])["written"]
+    return {"prompts": {f"{d}/{s}": n for (d, s), n in sorted(counts.items())}, "examples": len(examples),
+            "written": written}  # fmt: skip
+
+
+def written_dataset(ctx: StageContext, rows: list[dict]) -> list[datasets.Dataset]:
+    """`data.written`'s examples (responses from the source, none of the domain prompts), as one
+    dataset with the generated shards' columns; none when it is empty."""
+    cfg = ctx.cfg.data
+    if not cfg.written:
+        return []
+    eos = eos_ids(ctx.target, ctx.tokenizer)
+    end = ctx.tokenizer.eos_token_id if ctx.tokenizer.eos_token_id in eos else eos[0]
+    taken = {r["prompt"] for r in rows if isinstance(r["prompt"], str)}
+    written = written_examples(OmegaConf.to_container(cfg.written), ctx.tokenizer, cfg.max_prompt_tokens,
+                               cfg.max_new_tokens, end, taken, cfg.seed)  # fmt: skip
+    return [datasets.Dataset.from_list(written)] if written else []
 
 
 def write_shard(ctx: StageContext, shard: Path, rows: list[dict], kind: str, temperature: float, progress) -> None:

@@ -45,6 +45,8 @@ def test_recipe_list_names_every_recipe_with_a_description():
         (["recipe=tiny", "drafter.ngram_length=auto"], "drafter.ngram_length='auto' is not valid"),
         (["recipe=tiny", "decode.top_p=1.5"], "0 < top_p <= 1"),
         (["recipe=tiny", "decode.dtype=fp8"], "decode.dtype='fp8' is not valid"),
+        (["recipe=tiny", "+data.written.nope={source: sharegpt, n: 2}"], "data.written.nope is not a domain"),
+        (["recipe=tiny", "+data.written.code={source: sharegpt}"], "data.written.code must be {source: NAME, n: >= 1"),
         (
             ["recipe=tiny", "target.name=/no/such/model", "stages=[data]", "run_dir=/tmp/metasd-test-bad"],
             "does not exist",
