@@ -39,7 +39,7 @@ class BenchArgs:
     commit: str = "unknown"  # recorded in results and headline.json
     device: str = "auto"
     dtype: str | None = None  # default: the export's decode.dtype on a GPU, fp32 on a CPU (harness.bench_dtype)
-    fast: bool = True  # our engine on static caches + CUDA graphs (GPU only)
+    fast: bool = True  # our engine on static caches (+ CUDA graphs on a GPU)
     hf_compile: bool = True  # the baseline: HF generate, static cache, compiled by HF on CUDA
     hf_max: int = 2  # prompts (one per category) for HF eager and assisted rows (0 = none)
     assisted: str = "generalist"  # drafters for HF assisted generation, comma-separated

@@ -47,7 +47,7 @@ class KSweepArgs:
     per_category: int = 100  # prompts taken per category, in file order
     out: str = ""  # results folder (default <run>/bench)
     device: str = "auto"
-    fast: bool = True  # static caches + CUDA graphs (GPU only)
+    fast: bool = True  # static caches (+ CUDA graphs on a GPU)
     budget_s: float = 0.0  # skip sizes that would start after this many seconds (0 = no limit)
 
 

@@ -1,12 +1,15 @@
-"""What a verify of w positions costs against one position, per dtype, on this machine's CPU or GPU's
-eager path (CachedLM, the engine's off-GPU target): the number that decides whether drafting pays.
+"""What a verify of w positions costs against one position, per dtype and forward path, on this
+machine's CPU (or a GPU without graphs): the number that decides whether drafting pays.
 
-python -m bench.widths [target=smollm2-135m-instruct] [dtypes=fp32,bf16] [max_width=8] [at=120]
-                       [reps=15] [new_tokens=64] [out=DIR commit=SHA]
+python -m bench.widths [target=smollm2-135m-instruct] [dtypes=fp32,bf16] [paths=hf,fast] [max_width=8]
+                       [at=120] [reps=15] [new_tokens=64] [out=DIR commit=SHA]
 
+Paths: `hf` is the model's own forward over a DynamicCache (CachedLM: the engine with fast=false),
+`fast` our forward over static caches (StaticLM without graphs: the engine's fast path off a GPU).
 Per dtype: HF generate's seconds per token (greedy, `new_tokens` tokens of a fixed prompt, after a
-warm call), then, for each width w, the median over `reps` of one forward of w positions after a
-prefill of `at` positions. Writes widths.json and widths.png (ms per forward against w) under out=DIR.
+warm call), then, per path and width w, the median over `reps` of one forward of w positions after a
+prefill of `at` positions, paths and widths interleaved. Writes widths.json and widths.png (ms per
+forward against w) under out=DIR.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ import torch
 from metasd_train.cli.args import check_ranges, parse
 from metasd_train.decoding.cache import CachedLM
 from metasd_train.decoding.hf_generate import hf_generate, sync
-from metasd_train.errors import one_line_errors
+from metasd_train.decoding.static_cache import StaticLM
+from metasd_train.errors import UserError, one_line_errors
 from metasd_train.models import decode_dtype, load_model, pick_device
 from metasd_train.models.loading import cpu_multiplies_bf16
 from metasd_train.models.tokenizers import eos_ids
@@ -33,6 +37,7 @@ from metasd_train.models.tokenizers import eos_ids
 class WidthsArgs:
     target: str = "smollm2-135m-instruct"
     dtypes: str = "fp32,bf16"
+    paths: str = "hf,fast"  # forward paths: hf (CachedLM) and fast (StaticLM without graphs)
     max_width: int = 8
     at: int = 120  # positions in the cache before the timed forward
     reps: int = 15
@@ -44,6 +49,8 @@ class WidthsArgs:
 
 def parse_args(argv: list[str]) -> WidthsArgs:
     args = parse(WidthsArgs, argv)
+    if bad := [p for p in args.paths.split(",") if p not in PATHS]:
+        raise UserError(f"paths: {bad[0]!r} is not a forward path; choose from: {', '.join(PATHS)}")
     check_ranges(
         args,
         [
@@ -56,21 +63,33 @@ def parse_args(argv: list[str]) -> WidthsArgs:
     return args
 
 
-def forward_ms(lm: CachedLM, ids: torch.Tensor, at: int, widths: range, reps: int) -> dict[int, float]:
-    """Median ms of one forward of w positions after `at`, per w; widths interleaved within each
-    repetition so that the machine's drift spreads over all of them. The first repetition warms up."""
-    times = {w: [] for w in widths}
+def eager_static(m, vocab: int, a) -> StaticLM:
+    """StaticLM without graphs: on a CPU, the fast path's forward as the engine runs it."""
+    lm = StaticLM(m, vocab, a.at + a.max_width + 1, tuple(range(1, a.max_width + 1)))
+    lm.graphs = False
+    return lm
+
+
+PATHS = {"hf": lambda m, vocab, a: CachedLM(m, vocab), "fast": eager_static}
+
+
+def forward_ms(lms: dict, ids: torch.Tensor, at: int, widths: range, reps: int) -> dict[str, dict[int, float]]:
+    """Per path, the median ms of one forward of w positions after `at`, per w; paths and widths
+    interleaved within each repetition so that the machine's drift spreads over all of them. The
+    first repetition warms up."""
+    times = {(p, w): [] for p in lms for w in widths}
     for rep in range(reps + 1):
-        for w in widths:
+        for (p, w), t in times.items():
+            lm = lms[p]
             lm.reset()
             lm.forward(ids[:at])
-            sync(lm.device)
+            sync(ids.device)
             start = time.perf_counter()
             lm.forward(ids[at : at + w])
-            sync(lm.device)
+            sync(ids.device)
             if rep:
-                times[w].append(time.perf_counter() - start)
-    return {w: round(statistics.median(t) * 1e3, 2) for w, t in times.items()}
+                t.append(time.perf_counter() - start)
+    return {p: {w: round(statistics.median(times[p, w]) * 1e3, 2) for w in widths} for p in lms}
 
 
 @torch.inference_mode()
@@ -83,8 +102,8 @@ def measure(a: WidthsArgs, dtype: str) -> dict:
     prompt, eos = ids[:16].tolist(), eos_ids(m)
     hf_generate(m, prompt, 2, eos, min_new_tokens=2)
     tokens, secs = hf_generate(m, prompt, a.new_tokens, eos, min_new_tokens=a.new_tokens)
-    lm = CachedLM(m, vocab)
-    ms = forward_ms(lm, ids, a.at, range(1, a.max_width + 1), a.reps)
+    lms = {p: PATHS[p](m, vocab, a) for p in a.paths.split(",")}
+    ms = forward_ms(lms, ids, a.at, range(1, a.max_width + 1), a.reps)
     return {"hf_generate_ms_per_token": round(secs / len(tokens) * 1e3, 2), "forward_ms": ms}
 
 
@@ -96,8 +115,10 @@ def plot(results: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for dtype, r in results["dtypes"].items():
-        ws = sorted(int(w) for w in r["forward_ms"])
-        ax.plot(ws, [r["forward_ms"][w] for w in ws], marker="o", label=f"{dtype} forward")
+        for kind, ms in r["forward_ms"].items():
+            ws = sorted(int(w) for w in ms)
+            ax.plot(ws, [ms[w] for w in ws], marker="o", ls="-" if kind == "fast" else "--",
+                    label=f"{dtype} {kind} forward")  # fmt: skip
         ax.axhline(
             r["hf_generate_ms_per_token"],
             ls=":",

@@ -153,9 +153,9 @@ class DecodeConfig:
     dtype: str = "auto"
     heldout_per_domain: int = 4  # prompts per domain in log_acceptance
     seed: int = 0
-    fast: bool = True  # on CUDA: static KV caches + CUDA graphs (eager DynamicCache path otherwise)
+    fast: bool = True  # static KV caches, our forward (+ CUDA graphs on a GPU); false: HF's over a DynamicCache
     max_len: int = 2048  # positions in the fast path's static caches (prompt + new tokens)
-    compile: str = "static"  # fast path fusion (decoding/fastmodel.py COMPILE): none | fused | static | layer | layer-autotune
+    compile: str = "static"  # fast path fusion (decoding/fastmodel.py COMPILE): none|fused|static|layer|layer-autotune
 
 
 @dataclass

@@ -45,7 +45,7 @@ class DecodeArgs:
     device: str = "auto"
     dtype: str | None = None  # default: the export's decode.dtype (auto: bf16 on a GPU and on a CPU with AMX)
     seed: int = 0
-    fast: bool | None = None  # static caches + CUDA graphs on a GPU (default on)
+    fast: bool | None = None  # static caches and our forward (+ CUDA graphs on a GPU); default on
     max_len: int | None = None  # positions in the fast path's caches (default: the export's decode.max_len)
     baseline: bool = True  # also time the fastest autoregressive path on the same prompts
     quiet: bool = False
@@ -97,34 +97,34 @@ def answers_path(args: DecodeArgs) -> Path | None:
 
 
 class Baseline:
-    """The fastest autoregressive path here: our fast target alone on a GPU, HF generate elsewhere.
+    """The fastest autoregressive path here: our fast target alone (HF generate with fast=false).
 
-    On a CPU, a target in a dtype other than fp32 is also timed as an fp32 copy of itself, and each
+    On a CPU, a target in a dtype other than fp32 also runs as an fp32 copy of itself, and each
     prompt's baseline is the faster of the two: there bf16 can be the slower for one position at a
-    time (bench/results/cpu-bf16).
+    time (bench/results/cpu-bf16). Our fast target alone beats HF generate on a CPU as well
+    (bench/results/cpu-fastpath).
     """
 
     def __init__(self, engine, target, tokenizer, dcfg):
         self.eos, self.params, self.models = eos_ids(target, tokenizer), engine.params, [target]
-        self.alone = None
+        if target.device.type == "cpu" and target.dtype != torch.float32:
+            self.models.append(copy.deepcopy(target).float())
+        self.engines = []
         if engine.fast:
-            self.alone = make_engine(target, tokenizer, [NoDraftArm("target_only", target.config.vocab_size)], dcfg)
-            self.alone.warmup()
+            for m in self.models:
+                self.engines.append(make_engine(m, tokenizer, [NoDraftArm("target_only", m.config.vocab_size)], dcfg))
+                self.engines[-1].warmup()
         else:
-            if target.device.type == "cpu" and target.dtype != torch.float32:
-                self.models.append(copy.deepcopy(target).float())
             for m in self.models:  # first-call costs out of the first prompt's time
                 hf_generate(m, [3, 4, 5], 2, self.eos, self.params)
         dtypes = " and ".join(str(m.dtype).removeprefix("torch.") for m in self.models)
-        many = len(self.models) > 1
-        self.name = (
-            "our fast target alone" if self.alone else f"HF generate, {'the faster of ' if many else ''}{dtypes}"
-        )
+        what = "our fast target alone" if self.engines else "HF generate"
+        self.name = f"{what}, {'the faster of ' if len(self.models) > 1 else ''}{dtypes}"
 
     def seconds_per_token(self, ids: list[int], n: int) -> float:
-        if self.alone is not None:
-            gen = self.alone.generate(ids, n, chooser_for(None, fixed=0)[0])
-            return gen.seconds / max(len(gen.tokens), 1)
+        if self.engines:
+            runs = [e.generate(ids, n, chooser_for(None, fixed=0)[0]) for e in self.engines]
+            return min(g.seconds / max(len(g.tokens), 1) for g in runs)
         runs = [hf_generate(m, ids, n, self.eos, self.params) for m in self.models]
         return min(secs / max(len(tokens), 1) for tokens, secs in runs)
 
@@ -176,10 +176,12 @@ def decode(args: DecodeArgs, console: Console | None = None) -> dict:
     model, tok = ens.target.model, ens.target.tokenizer
     engine = make_engine(model, tok, ens.arms, dcfg, full_feedback=feedback == "full")
     engine.check_request(1, int(dcfg.max_new_tokens))
+    check_fits(questions, tok, engine, int(dcfg.max_new_tokens))
     console.print(f"start-up: loaded in {sum(ens.load_seconds.values()):.1f}s ({seconds_by_name(ens.load_seconds)})")
     console.print(f"dtype: {dtype_line(args.dtype or dcfg.get('dtype', 'auto'), model)}")
     warm = engine.warmup()
-    what = "graphs captured, target step timed, a first request per arm" if engine.fast else "target step timed"
+    graphs = "graphs captured, " if engine.fast and engine.device.type == "cuda" else ""
+    what = f"{graphs}target step timed" + (", a first request per arm" if engine.fast else "")
     console.print(f"start-up: {what} in {warm:.1f}s (fast={engine.fast})"
                   + (f" ({seconds_by_name(engine.warmup_profile)})" if engine.warmup_profile else ""))  # fmt: skip
     if engine.fast and getattr(engine.target, "fallback", None):
@@ -203,6 +205,20 @@ def decode(args: DecodeArgs, console: Console | None = None) -> dict:
         )
         console.print(f"answers: {out}  arm plot: {out.with_suffix('.arms.png')}")
     return summary
+
+
+TURN_SLACK = 16  # template tokens a later turn may add around the earlier answer
+
+
+def check_fits(questions: list[dict], tok, engine, n: int) -> None:
+    """Every question fits the engine before any is decoded (a file does not stop halfway): its user
+    turns plus up to n new tokens per turn, and a few template tokens per later turn."""
+    for q in questions:
+        ids = chat_ids(tok, [{"role": "user", "content": t} for t in q["turns"]])
+        try:
+            engine.check_request(len(ids), n + (len(q["turns"]) - 1) * (n + TURN_SLACK))
+        except UserError as e:
+            raise UserError(f"question {q['question_id']}: {e}") from None
 
 
 def answer(q, engine, chooser, tok, n: int, baseline, console, streamed) -> dict:

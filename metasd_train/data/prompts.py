@@ -47,14 +47,19 @@ def domain_prompts(domains: dict, tokenizer, max_prompt_tokens: int, split: list
     return rows
 
 
+def loosely(text: str) -> str:
+    """A prompt compared ignoring case and spacing (ShareGPT repeats prompts loosely)."""
+    return " ".join(text.split()).casefold()
+
+
 def written_examples(
     written: dict, tokenizer, max_prompt_tokens: int, max_new_tokens: int, eos: int, taken: set[str], seed: int
 ) -> list[dict]:
     """Training rows {domain, id, prompt, prompt_ids, split="train", kind="written", response_ids} whose
     responses come with the source (`data.written`), none of whose prompts is in `taken` (the domain
-    prompts of every split: held-out prompts stay unseen). A response is cut to `max_new_tokens`, as
+    prompts of every split: held-out prompts stay unseen), compared ignoring case and spacing. A response is cut to `max_new_tokens`, as
     a generation would be; one that fits ends with `eos`, as the target's answers do."""
-    rows, seen = [], set(taken)
+    rows, seen = [], {loosely(t) for t in taken}
     for domain, src in written.items():
         options = {**dict(src.get("options", {})), "answers": True}
         pool = list(itertools.islice(load_source(src["source"], options), 4 * src["n"] + 1000))
@@ -66,7 +71,7 @@ def written_examples(
                     f"data.written.{domain}: source {src['source']!r} ships no responses; "
                     "data.written takes sources that do (sharegpt)"
                 )
-            if rec["prompt"] in seen or not rec["response"].strip():
+            if loosely(rec["prompt"]) in seen or not rec["response"].strip():
                 continue
             ids = chat_ids(tokenizer, rec["prompt"])
             if len(ids) > max_prompt_tokens:
@@ -75,7 +80,7 @@ def written_examples(
             response = response[:max_new_tokens] if len(response) >= max_new_tokens else [*response, eos]
             rows.append({"domain": domain, "id": str(rec["id"]), "prompt": rec["prompt"], "prompt_ids": ids,
                          "split": "train", "kind": "written", "response_ids": response})  # fmt: skip
-            seen.add(rec["prompt"])
+            seen.add(loosely(rec["prompt"]))
             if len(rows) - before == src["n"]:
                 break
     return rows

@@ -225,6 +225,8 @@ class FastHead(HeadSteps):
         if self.per_width:
             torch._dynamo.maybe_mark_dynamic(slots, 0)  # one graph per width serves every span
         mask, cos, sin = self.ops.prologue(positions, slots, self.cos, self.sin, self.rep)
+        if self.per_width:
+            torch._dynamo.maybe_mark_dynamic(mask, 3)  # and the compiled attention's, over the span
         embeds = F.embedding(ids, self.embed.weight)
         return head_step(self.ops, self.weights, hidden, embeds, positions, cos, sin, mask, cache.k, cache.v)
 

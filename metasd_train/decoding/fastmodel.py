@@ -99,10 +99,11 @@ def _attn_linears(attn) -> tuple:
 
 
 def _room_for_graphs() -> None:
-    # each compiled function keeps a graph per width (layer) or per token-count class, dtype and model
-    # shape; past dynamo's default of 8 per function it would silently run eagerly
+    # each compiled function keeps a graph per width (static, layer) or per token-count class, dtype and
+    # model shape (a target, its heads and a drafter share them); past the limit it would silently run
+    # eagerly
     config = torch._dynamo.config
-    config.cache_size_limit = max(config.cache_size_limit, 64)
+    config.cache_size_limit = max(config.cache_size_limit, 128)
 
 
 @functools.cache

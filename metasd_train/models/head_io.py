@@ -126,6 +126,7 @@ def load_head(folder, device="cpu", dtype: torch.dtype | None = None) -> DraftHe
     except (SafetensorError, OSError, ValueError) as e:
         raise UserError(f"{path} is truncated or corrupt ({e}); save the head again") from None
     _check(state, expected_shapes(config), path)
+    state["d2t"], state["t2d"] = state["d2t"].long(), state["t2d"].bool()  # another writer's int types
     with torch.device("meta"):  # no random init to overwrite: the file's tensors become the head's
         head = DraftHead(config)
     head.load_state_dict(state, assign=True)

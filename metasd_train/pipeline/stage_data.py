@@ -16,8 +16,8 @@ from metasd_train.atomic import atomic_dir, write_text
 from metasd_train.data.prompts import domain_prompts, written_examples
 from metasd_train.data.selfdistill import answer
 from metasd_train.errors import UserError
-from metasd_train.pipeline import ranks
 from metasd_train.models.tokenizers import eos_ids
+from metasd_train.pipeline import ranks
 from metasd_train.pipeline.context import StageContext
 
 
@@ -28,6 +28,7 @@ def run(ctx: StageContext) -> dict:
         OmegaConf.to_container(cfg.domains), ctx.tokenizer, cfg.max_prompt_tokens, list(cfg.split), cfg.seed
     )
     check_heldout(rows, cfg)
+    written = written_rows(ctx, rows)  # before any generation: a bad written source fails at once
     kinds = [("greedy", 0.0)] + ([("sampled", cfg.temperature)] if cfg.sampled else [])
     partial = partial_dir(ctx)  # finished shards survive a kill
     shards = [partial / f"{domain}-{kind}" for domain in cfg.domains for kind, _ in kinds]
@@ -38,32 +39,31 @@ def run(ctx: StageContext) -> dict:
             ranks.barrier()
     if not ranks.is_zero():
         return {}
-    examples = datasets.concatenate_datasets(
-        [datasets.load_from_disk(str(p)) for p in sorted(shards)] + written_dataset(ctx, rows)
-    )
+    generated = [datasets.load_from_disk(str(p)) for p in sorted(shards)]
+    examples = datasets.concatenate_datasets(generated + ([datasets.Dataset.from_list(written)] if written else []))
     with atomic_dir(ctx.run.stage_dir("data")) as out:
         datasets.Dataset.from_list(rows).save_to_disk(str(out / "prompts"))
         examples.save_to_disk(str(out / "examples"))
         write_heldout(rows, ctx.cfg.decode.heldout_per_domain, out / "heldout.jsonl")
     shutil.rmtree(partial)
     counts = Counter((r["domain"], r["split"]) for r in rows)
-    written = Counter(examples["kind"])["written"]
-    return {"prompts": {f"{d}/{s}": n for (d, s), n in sorted(counts.items())}, "examples": len(examples),
-            "written": written}  # fmt: skip
+    got = Counter(r["domain"] for r in written)
+    summary = {"prompts": {f"{d}/{s}": n for (d, s), n in sorted(counts.items())}, "examples": len(examples)}
+    if cfg.written:  # fewer than asked when the source runs out of prompts that fit
+        summary["written"] = {d: f"{got[d]} of {w.n}" for d, w in cfg.written.items()}
+    return summary
 
 
-def written_dataset(ctx: StageContext, rows: list[dict]) -> list[datasets.Dataset]:
-    """`data.written`'s examples (responses from the source, none of the domain prompts), as one
-    dataset with the generated shards' columns; none when it is empty."""
+def written_rows(ctx: StageContext, rows: list[dict]) -> list[dict]:
+    """`data.written`'s examples: responses from the source, none of them a domain prompt of any split."""
     cfg = ctx.cfg.data
     if not cfg.written:
         return []
     eos = eos_ids(ctx.target, ctx.tokenizer)
     end = ctx.tokenizer.eos_token_id if ctx.tokenizer.eos_token_id in eos else eos[0]
     taken = {r["prompt"] for r in rows if isinstance(r["prompt"], str)}
-    written = written_examples(OmegaConf.to_container(cfg.written), ctx.tokenizer, cfg.max_prompt_tokens,
-                               cfg.max_new_tokens, end, taken, cfg.seed)  # fmt: skip
-    return [datasets.Dataset.from_list(written)] if written else []
+    return written_examples(OmegaConf.to_container(cfg.written), ctx.tokenizer, cfg.max_prompt_tokens,
+                            cfg.max_new_tokens, end, taken, cfg.seed)  # fmt: skip
 
 
 def write_shard(ctx: StageContext, shard: Path, rows: list[dict], kind: str, temperature: float, progress) -> None:
@@ -89,6 +89,7 @@ def partial_dir(ctx: StageContext) -> Path:
     """The folder of finished shards, kept across kills only while the settings they came from hold."""
     partial = ctx.run.path / ".data.partial"
     keys = {k: OmegaConf.select(ctx.cfg, k) for k in ("seed", "target", "data")}
+    keys["data"] = {k: v for k, v in OmegaConf.to_container(keys["data"]).items() if k != "written"}  # not in shards
     stamp = OmegaConf.to_yaml(OmegaConf.create({k: v for k, v in keys.items()}))
     if ranks.is_zero():
         if partial.is_dir() and read_or_none(partial / "settings.yaml") != stamp:

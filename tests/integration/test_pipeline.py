@@ -243,7 +243,7 @@ def test_bench_runs_every_configuration_and_greedy_ones_equal_the_target(full_ru
     notes = report["meta"]["notes"]
     n = len({q["category"] for q in map(json.loads, heldout.read_text().splitlines())})
     assert notes["fp32_fast_path_vs_hf_greedy_same_tokens"].startswith(f"{n}/{n} ")
-    assert notes["float32_fast_vs_eager_engine_same_tokens"].startswith("skipped")  # off CUDA both are eager
+    assert notes["float32_fast_vs_eager_engine_same_tokens"].startswith("1/1 ")  # CPU fast path vs HF-cache engine
 
     written = json.loads(headline.read_text())
     assert written["another_recipe"] == {"card": "elsewhere"}  # merged, not overwritten
@@ -262,3 +262,33 @@ def test_bench_runs_every_configuration_and_greedy_ones_equal_the_target(full_ru
     checks = json.loads((out / "checks.json").read_text())["checks"]
     assert list(checks) == ["fp32_fast_path_vs_hf_greedy_same_tokens"]
     assert json.loads(headline.read_text()) == written  # a checks-only run leaves the headline alone
+
+
+def test_written_examples_join_the_generated_ones_and_a_written_change_keeps_the_shards(tmp_path):
+    """data.written: the source's own responses become training rows next to the target's answers
+    (same columns), never with a domain prompt; the partial shards' stamp leaves data.written out, so
+    changing it regenerates no answer."""
+    from types import SimpleNamespace
+
+    import datasets
+
+    from metasd_train.pipeline.stage_data import partial_dir
+
+    path = tmp_path / "written"
+    run = run_tiny(path, "stages=[data]", "+data.written.code={source: sharegpt, n: 4}")
+    summary = run.manifest()["stages"]["data"]["summary"]
+    assert summary["written"] == {"code": "4 of 4"}
+    examples = datasets.load_from_disk(str(path / "data" / "examples"))
+    written = examples.filter(lambda r: r["kind"] == "written")
+    assert len(written) == 4 and set(written["split"]) == {"train"} and set(written["domain"]) == {"code"}
+    own = {r["prompt"] for r in examples.filter(lambda r: r["kind"] != "written")}
+    assert not own & set(written["prompt"])
+
+    def ctx(*overrides):
+        return SimpleNamespace(cfg=compose(["recipe=tiny", *overrides]), run=SimpleNamespace(path=tmp_path))
+
+    shard = partial_dir(ctx()) / "code-greedy"
+    shard.mkdir()
+    assert partial_dir(ctx("+data.written.code={source: sharegpt, n: 2}")) == shard.parent and shard.is_dir()
+    partial_dir(ctx("data.max_new_tokens=13"))  # a setting the answers depend on: the shards go
+    assert not shard.exists()

@@ -63,6 +63,40 @@ def test_an_fp32_target_is_its_own_baseline(monkeypatch):
     assert baseline.seconds_per_token([3, 4], 5) == 0.6 and used == [target]
 
 
+@pytest.mark.parametrize("slower", ["bfloat16", "float32"])
+def test_with_the_fast_path_the_baseline_is_our_fast_target_alone_in_the_faster_dtype(monkeypatch, slower):
+    """fast=true (a CPU too): the baseline is our fast target alone, a bf16 target raced against an fp32
+    copy per prompt, never HF generate (slower than our forward on a CPU: bench/results/cpu-fastpath)."""
+    from types import SimpleNamespace
+
+    seconds = {"bfloat16": 1.0, "float32": 1.0, slower: 2.0}
+    built, warmed, ran = [], [], []
+
+    class FakeEngine:
+        def __init__(self, model):
+            self.dtype = str(model.dtype).removeprefix("torch.")
+
+        def warmup(self):
+            warmed.append(self.dtype)
+
+        def generate(self, ids, n, chooser):
+            ran.append(self.dtype)
+            return SimpleNamespace(tokens=list(range(n)), seconds=seconds[self.dtype] * n)
+
+    def fake_make_engine(model, tokenizer, arms, dcfg):
+        built.append([a.kind for a in arms])
+        return FakeEngine(model)
+
+    monkeypatch.setattr(decode_cli, "make_engine", fake_make_engine)
+    monkeypatch.setattr(decode_cli, "hf_generate", lambda *a, **k: pytest.fail("HF generate is not the baseline"))
+    target = tiny_llama(32, layers=1, seed=0).to(torch.bfloat16)
+    baseline = decode_cli.Baseline(SimpleNamespace(fast=True, params=None), target, None, None)
+    assert baseline.name == "our fast target alone, the faster of bfloat16 and float32"
+    assert sorted(warmed) == ["bfloat16", "float32"] and built == [["none"], ["none"]]
+    assert baseline.seconds_per_token([3, 4], 5) == 1.0 and sorted(ran) == ["bfloat16", "float32"]
+    assert target.dtype == torch.bfloat16
+
+
 def test_the_summary_has_no_baseline_columns_without_a_baseline():
     summary = {"all": {"requests": 1, "new_tokens": 4, "tau": 2.0, "tokens_per_s": 8.0, "arm_share": {"ngram": 1.0}}}
     headers = [c.header for c in decode_cli.summary_table(summary, ["ngram"], None).columns]

@@ -66,3 +66,26 @@ def test_sharegpt_answers_option_yields_the_first_assistant_reply(tmp_path, monk
     assert [r["id"] for r in plain] == ["a", "b", "c"] and all("response" not in r for r in plain)
     answered = list(sources.load_source("sharegpt", {"answers": True}))
     assert answered == [{"id": "a", "prompt": "x" * 20, "response": "the reply"}]
+
+
+def test_the_draft_vocabulary_counts_only_the_targets_own_answers(monkeypatch):
+    import datasets
+    import torch
+    from omegaconf import OmegaConf
+
+    from metasd_train.models import draft_vocab, drafters
+    from metasd_train.models.random_init import tiny_llama
+
+    seen = []
+    real = draft_vocab.token_counts
+    monkeypatch.setattr(draft_vocab, "token_counts", lambda rows, v: seen.extend(rows) or real(rows, v))
+    examples = datasets.Dataset.from_list(
+        [
+            {"response_ids": [5, 6], "split": "train", "kind": "greedy"},
+            {"response_ids": [7, 7], "split": "train", "kind": "written"},
+            {"response_ids": [8], "split": "val", "kind": "greedy"},
+        ]
+    )
+    d = OmegaConf.create({"kind": "head", "head": {"draft_vocab": 8, "feature_layers": None}})
+    drafters.build_drafter(tiny_llama(32, layers=4, seed=0), d, 0, torch.device("cpu"), None, examples)
+    assert seen == [[5, 6]]
