@@ -124,8 +124,8 @@ def _validate_domains(cfg: DictConfig) -> None:
     for name, src in (cfg.data.get("written") or {}).items():
         if name not in cfg.data.domains:
             raise UserError(f"data.written.{name} is not a domain; name one of: {', '.join(cfg.data.domains)}")
-        n = src.get("n") if isinstance(src, DictConfig) else None
-        if not isinstance(src, DictConfig) or not isinstance(src.get("source"), str) or not isinstance(n, int) or n < 1:
+        shaped = isinstance(src, DictConfig) and isinstance(src.get("source"), str) and isinstance(src.get("n"), int)
+        if not shaped or src.n < 1:
             raise UserError(f"data.written.{name} must be {{source: NAME, n: >= 1, options: {{...}}}}, got {src}")
     train, val, _ = cfg.data.split
     for name, src in cfg.data.domains.items():

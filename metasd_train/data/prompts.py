@@ -26,8 +26,7 @@ def domain_prompts(domains: dict, tokenizer, max_prompt_tokens: int, split: list
     """Rows {domain, id, prompt, prompt_ids, split}; the same config always gives the same rows."""
     rows = []
     for domain, src in domains.items():
-        pool = list(itertools.islice(load_source(src["source"], src.get("options", {})), 20000))
-        random.Random(f"{seed}:{domain}").shuffle(pool)
+        pool = shuffled(src["source"], src.get("options", {}), 20000, f"{seed}:{domain}")
         taken = []
         for rec in pool:
             ids = chat_ids(tokenizer, rec["prompt"])
@@ -47,6 +46,13 @@ def domain_prompts(domains: dict, tokenizer, max_prompt_tokens: int, split: list
     return rows
 
 
+def shuffled(source: str, options: dict, limit: int, key: str) -> list[dict]:
+    """The first `limit` records of a source in an order fixed by `key` (the same config, the same rows)."""
+    pool = list(itertools.islice(load_source(source, options), limit))
+    random.Random(key).shuffle(pool)
+    return pool
+
+
 def loosely(text: str) -> str:
     """A prompt compared ignoring case and spacing (ShareGPT repeats prompts loosely)."""
     return " ".join(text.split()).casefold()
@@ -57,13 +63,13 @@ def written_examples(
 ) -> list[dict]:
     """Training rows {domain, id, prompt, prompt_ids, split="train", kind="written", response_ids} whose
     responses come with the source (`data.written`), none of whose prompts is in `taken` (the domain
-    prompts of every split: held-out prompts stay unseen), compared ignoring case and spacing. A response is cut to `max_new_tokens`, as
-    a generation would be; one that fits ends with `eos`, as the target's answers do."""
+    prompts of every split: held-out prompts stay unseen), compared ignoring case and spacing. A
+    response is cut to `max_new_tokens`, as a generation would be; one that fits ends with `eos`, as
+    the target's answers do."""
     rows, seen = [], {loosely(t) for t in taken}
     for domain, src in written.items():
         options = {**dict(src.get("options", {})), "answers": True}
-        pool = list(itertools.islice(load_source(src["source"], options), 4 * src["n"] + 1000))
-        random.Random(f"{seed}:written:{domain}").shuffle(pool)
+        pool = shuffled(src["source"], options, 4 * src["n"] + 1000, f"{seed}:written:{domain}")
         before = len(rows)
         for rec in pool:
             if not isinstance(rec.get("response"), str):

@@ -6,10 +6,11 @@ cos/sin tables made once and gathered by position, one matmul for q/k/v and one 
 copies built here: the head, its training and its saved format are untouched), and the elementwise
 chains between matmuls (norm + cat, residual + norm, SiLU * up) as fused_ops' pure functions.
 Under any compiling `compile` setting (fastmodel.COMPILE: all but "none") those functions are
-compiled for every width (over the token count, or once per width under "static") (the ones the target shares are the target's own compilations), with
-attention written out as matmuls and softmax and the greedy pick (argmax, then the draft-to-target
-id map); and the link a greedy chain repeats (embedding, step, pick) is compiled whole, at width 1
-only, with the setting's inductor mode ("default" for "fused"). Everything stays CUDA-graph capturable.
+compiled for every width (over the token count, or once per width under "static"; the ones the
+target shares are the target's own compilations), with attention written out as matmuls and softmax
+and the greedy pick (argmax, then the draft-to-target id map); and the link a greedy chain repeats
+(embedding, step, pick) is compiled whole, at width 1 only, with the setting's inductor mode
+("default" for "fused"). Everything stays CUDA-graph capturable.
 """
 
 from __future__ import annotations

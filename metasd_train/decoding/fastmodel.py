@@ -189,7 +189,7 @@ class FastModel:
         self.rep = (self.layers[0].qkv.shape[0] // head_dim - 2 * n_kv) // n_kv  # query heads per key/value head
         setting = COMPILE[self.compile]
         self.ops = fused_ops(setting.dynamic) if setting.fuse else PLAIN
-        self.static = setting.fuse and not setting.dynamic  # compiled per width: the prefill runs PLAIN
+        self.per_width = setting.fuse and not setting.dynamic  # compiled per width: the prefill runs PLAIN
         self._layer = compiled_layer(setting.layer_mode) if setting.layer_mode else None
         if setting.fuse:
             self._mark_static()
@@ -209,8 +209,8 @@ class FastModel:
         hidden states [S, d], HF's `hidden_states[-1]`; otherwise None.
         """
         # ids, pos: [S] -> logits [S, V], hidden [S, d] | None
-        ops, slots = (PLAIN if hidden and self.static else self.ops), self.slots[:span]
-        if self.static:
+        ops, slots = (PLAIN if hidden and self.per_width else self.ops), self.slots[:span]
+        if self.per_width:
             torch._dynamo.maybe_mark_dynamic(slots, 0)  # one graph per width serves every span
         mask, cos, sin = ops.prologue(pos, slots, self.cos, self.sin, self.rep)
         layer_fn = functools.partial(decoder_layer, ops)

@@ -68,8 +68,7 @@ def _head(target, d, seed, device, tokenizer, examples):
     from metasd_train.models.head import build_head
     from metasd_train.models.tokenizers import eos_ids
 
-    kinds = examples["kind"] if "kind" in examples.column_names else ["generated"] * len(examples)
-    own = zip(examples["response_ids"], examples["split"], kinds)  # the target's own answers: not data.written's
+    own = zip(examples["response_ids"], examples["split"], examples["kind"])  # the target's answers, not written
     train = [r for r, split, kind in own if split == "train" and kind != "written"]
     counts = token_counts(train, target.config.vocab_size)
     layers = list(d.head.feature_layers) if d.head.feature_layers else None
