@@ -28,7 +28,7 @@ from metasd_train.decoding.sampling import (
     verify_greedy,
     verify_sampling,
 )
-from metasd_train.decoding.static_cache import StaticLM, default_widths
+from metasd_train.decoding.static_cache import StaticLM, catch_up_widths, verify_widths
 from metasd_train.decoding.timing import Stopwatch
 from metasd_train.errors import UserError
 from metasd_train.models.attention import no_cudnn_attention
@@ -101,7 +101,7 @@ class SpecEngine:
             raise ValueError("the fast path needs max_len: the positions its static caches hold")
         self.max_len = min(self.max_context, max_len) if fast else None
         self.feature_layers = feature_layers(arms)
-        self.target = self.make_lm(target, self.feature_layers)
+        self.target = self.make_lm(target, self.feature_layers, drafter=False)
         self.width_seconds: dict[int, float] = {}  # verify seconds per width (calibrate), for arms that size drafts
         self.runtimes = {i: arm.runtime(self) for i, arm in enumerate(arms)}  # this engine's caches per arm
         self.warmup_profile: dict[str, dict] = {}  # filled by warmup()
@@ -109,10 +109,11 @@ class SpecEngine:
         self.generator: torch.Generator | None = None
         self.t_step: float | None = None
 
-    def make_lm(self, model, feature_layers=None):
-        """A cached view of `model` for this engine: static caches (+ graphs on CUDA) or DynamicCache."""
+    def make_lm(self, model, feature_layers=None, drafter: bool = True):
+        """A cached view of `model` for this engine: static caches (+ graphs on CUDA) or DynamicCache.
+        The target (`drafter=False`) gets its verify widths; a drafter model its catch-up widths."""
         if self.fast:
-            widths = default_widths(self.max_block - 1)
+            widths = catch_up_widths() if drafter else verify_widths(self.max_block)
             return StaticLM(
                 model, self.vocab_size, self.max_len, widths, compile=self.compile, feature_layers=feature_layers
             )

@@ -72,6 +72,19 @@ def default_widths(max_gamma: int) -> tuple[int, ...]:
     return tuple(sorted(set(range(1, max_gamma + 2)) | {8, 16, 32}))
 
 
+def verify_widths(max_block: int) -> tuple[int, ...]:
+    """A target's widths: it only ever verifies a round (1..max_block tokens; the prefill runs
+    uncaptured), so each width is captured exactly and none is captured for catch-up."""
+    return tuple(range(1, max_block + 1))
+
+
+def catch_up_widths(widest: int = 32) -> tuple[int, ...]:
+    """A drafter model's widths: single draft steps, then catch-ups on the tokens of the rounds it
+    did not see, padded up to a power of two (a few pad positions cost next to nothing on a
+    launch-bound forward; every width is one more compile and set of graphs at start-up)."""
+    return tuple(1 << i for i in range(widest.bit_length()) if 1 << i <= widest)
+
+
 class HFForward:
     """The model's own forward over a PositionCache: any HF causal LM, nothing fused."""
 

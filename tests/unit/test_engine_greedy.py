@@ -112,6 +112,7 @@ def test_static_cache_after_200_switches_and_long_catch_ups(models):
     engine = make_engine(models, fast=True, max_len=800)
     for lm in [engine.target, *engine.lms.values()]:
         lm.widths = (1, 2, 3, 4, 5, 8)  # a catch-up of 20 tokens runs as 8 + 8 + 4 (padded to 5)
+        lm._base = {w: torch.arange(w) for w in lm.widths}
     widths_fed = []
     for lm in engine.lms.values():
         lm.forward = (lambda f: lambda ids, **kw: widths_fed.append(len(ids)) or f(ids, **kw))(lm.forward)
@@ -124,6 +125,20 @@ def test_static_cache_after_200_switches_and_long_catch_ups(models):
     assert len(gen.rounds) >= 200
     assert gen.tokens == reference(models["target"], prompt, 700, eos=None)
     assert max(widths_fed) > 16  # drafters that sat out caught up in several chunks
+
+
+def test_target_captures_only_verify_widths_and_drafters_pad_catch_ups_to_powers_of_two(models):
+    """Start-up compiles and captures one set per width: the target gets exactly its round widths
+    (1..γmax+1), a drafter model single steps plus power-of-two catch-ups; decoding stays exact."""
+    engine = make_engine(models, fast=True, max_len=200)
+    assert engine.target.widths == tuple(range(1, engine.max_block + 1))
+    assert [lm.widths for lm in engine.lms.values()] == [(1, 2, 4, 8, 16, 32)] * len(engine.lms)
+    rng = random.Random(3)
+    chooser = BanditChooser(RandomArm(len(engine.arms)))
+    chooser.select = lambda ctx: rng.randrange(len(engine.arms))
+    prompt = [3, 4, 5, 6, 3, 4]
+    gen = engine.generate(prompt, 120, chooser)
+    assert gen.tokens == reference(models["target"], prompt, 120)
 
 
 @FAST
