@@ -28,6 +28,7 @@ from metasd_train.decoding.sampling import (
     verify_greedy,
     verify_sampling,
 )
+from metasd_train.decoding.sampled_verify import SampledVerify
 from metasd_train.decoding.static_cache import StaticLM, catch_up_widths, verify_widths
 from metasd_train.decoding.timing import Stopwatch
 from metasd_train.errors import UserError
@@ -102,6 +103,8 @@ class SpecEngine:
         self.max_len = min(self.max_context, max_len) if fast else None
         self.feature_layers = feature_layers(arms)
         self.target = self.make_lm(target, self.feature_layers, drafter=False)
+        graphed = fast and self.device.type == "cuda" and not params.greedy  # a sampled verify as one replay
+        self.sampled_verify = SampledVerify(self.vocab_size, self.max_block, params, self.device) if graphed else None
         self.width_seconds: dict[int, float] = {}  # verify seconds per width (calibrate), for arms that size drafts
         self.runtimes = {i: arm.runtime(self) for i, arm in enumerate(arms)}  # this engine's caches per arm
         self.warmup_profile: dict[str, dict] = {}  # filled by warmup()
@@ -130,6 +133,7 @@ class SpecEngine:
         then arms by name) and for the first requests, its seconds and graphs."""
         start = time.perf_counter()
         named = [("target", self.target), *((self.arms[i].name, rt) for i, rt in self.runtimes.items())]
+        named += [("sampled verify", self.sampled_verify)] if self.sampled_verify is not None else []
         self.warmup_profile = {}
         for name, rt in named:
             if hasattr(rt, "warmup"):
@@ -313,6 +317,8 @@ class SpecEngine:
         if self.params.greedy:  # no distributions needed, unless idle arms are scored against p
             n, nxt, div = verify_greedy(logits, draft)
             return n, nxt, div, (logits_to_probs(logits, self.params) if self.full_feedback else None)
+        if self.sampled_verify is not None:
+            return self.sampled_verify(logits, q, draft, self.generator)
         p = logits_to_probs(logits, self.params)
         n, nxt = verify_sampling(p, q, draft, self.generator)
         return n, nxt, block_divergence(p[:k], q), p

@@ -100,16 +100,33 @@ def verify_sampling(
     distributed exactly as p. A draft without a distribution (n-gram) passes q as one-hot.
     """
     # p: [k+1, V] target probs, q: [k, V] drafter probs, draft: [k] -> n_accepted [], next_token []
+    u = torch.rand(draft.shape[0], device=p.device, generator=generator)
+    noise = torch.empty(p.shape[-1], device=p.device).exponential_(1, generator=generator)
+    return accept_and_resample(p, q, draft, u, noise)
+
+
+def accept_and_resample(p, q, draft, u, noise) -> tuple[torch.Tensor, torch.Tensor]:
+    """verify_sampling with its randomness given: uniforms `u` [k] for the accept tests, exponential
+    `noise` [V] for the draw (sample's race). No host sync and no data-dependent shape: capturable."""
     k = draft.shape[0]
     idx = torch.arange(k, device=draft.device)
     p_d, q_d = p[idx, draft], q[idx, draft]
-    u = torch.rand(k, device=p.device, generator=generator)
     accepted = u * q_d < p_d  # u < p/q without dividing; q_d > 0 since d was drawn from q
     n = torch.cumprod(accepted.to(torch.int64), dim=0).sum()
-    residual = torch.cat([(p[:k] - q).clamp_min(0), p[k:]], dim=0)  # [k+1, V]
-    row = residual[n]
-    row = torch.where(row.sum() > 0, row, p[n])  # p == q exactly: nothing to correct
-    return n, sample(row, generator)
+    at = n.view(1)
+    p_n = p.index_select(0, at)[0]
+    q_n = torch.cat([q, q.new_zeros(1, q.shape[-1])]).index_select(0, at)[0]  # no draft at n = k: q is 0
+    row = (p_n - q_n).clamp_min(0)
+    row = torch.where(row.sum() > 0, row, p_n)  # p == q exactly: nothing to correct
+    return n, torch.argmax(row / noise, dim=-1)
+
+
+def round_outcome(logits, q, draft, u, noise, params: SamplingParams):
+    """A sampled round from the target's logits [k+1, V]: (accepted count, next token, block
+    divergence, the target's distributions p [k+1, V]); randomness given as in accept_and_resample."""
+    p = logits_to_probs(logits, params)
+    n, nxt = accept_and_resample(p, q, draft, u, noise)
+    return n, nxt, block_divergence(p[: draft.shape[0]], q), p
 
 
 def acceptance_rates(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,8 @@ def engine_for(target, fast, graphs=True, params=SamplingParams(), compile="fuse
     for lm in [engine.target, *engine.lms.values()] if fast else []:
         lm.graphs = graphs
         lm.spans = (16, 32, 64, lm.spans[-1])  # requests cross spans: one graph per (width, span)
+    if not graphs:
+        engine.sampled_verify = None  # the eager rule, verify_sampling
     return engine
 
 
@@ -115,3 +117,26 @@ def test_fast_greedy_matches_hf_generate_fp32(compile):
     for p in prompts():
         ref = target.generate(torch.tensor([p], device="cuda"), do_sample=False, max_new_tokens=40, eos_token_id=None)
         assert engine.generate(p, 40, chooser).tokens == ref[0, len(p) :].tolist()
+
+
+def test_sampled_verify_graphs_equal_the_eager_round_bitwise():
+    """One replay per draft length = round_outcome run eagerly on the same draws, every k."""
+    from metasd_train.decoding.sampled_verify import SampledVerify
+    from metasd_train.decoding.sampling import logits_to_probs, round_outcome
+
+    params = SamplingParams(temperature=0.7, top_k=20)
+    verify = SampledVerify(V, 5, params, torch.device("cuda"))
+    verify.warmup()
+    assert verify.graph_count == 5
+    for k in range(5):
+        for seed in range(10):
+            logits = torch.randn(k + 1, V, device="cuda") * 3
+            q = logits_to_probs(torch.randn(k, V, device="cuda") * 3, params)
+            draft = torch.multinomial(q, 1).squeeze(1) if k else torch.zeros(0, dtype=torch.long, device="cuda")
+            g = torch.Generator("cuda").manual_seed(seed)
+            got = [t.clone() for t in verify(logits, q, draft, g)]
+            g = torch.Generator("cuda").manual_seed(seed)
+            u, noise = torch.rand(k, device="cuda", generator=g), torch.empty(V, device="cuda").exponential_(1, generator=g)
+            want = round_outcome(logits, q, draft, u, noise, params)
+            for a, b in zip(got, want):
+                assert torch.equal(a, b)

@@ -8,6 +8,7 @@ from metasd_train.decoding.sampling import (
     align_vocab,
     block_divergence,
     logits_to_probs,
+    round_outcome,
     verify_greedy,
     verify_sampling,
 )
@@ -51,6 +52,26 @@ def test_residual_excludes_mass_the_drafter_already_covered():
     rejected = [int(t) for n, t in outs if int(n) == 0]
     assert rejected and set(rejected) == {1}
     assert 0.35 < sum(int(n) for n, _ in outs) / len(outs) < 0.65
+
+
+def test_round_outcome_with_given_draws_is_verify_sampling_with_a_generator():
+    """The capturable form (randomness passed in, as the CUDA graph gets it) draws the same tokens
+    as the eager rule from the same generator state, for every draft length, the all-accepted one
+    (k = 0: a plain draw from p) included."""
+    params = SamplingParams(temperature=0.9, top_p=0.95)
+    for k in range(4):
+        logits, q_logits = torch.randn(k + 1, 11) * 2, torch.randn(k, 11) * 2
+        q = logits_to_probs(q_logits, params)
+        draft = torch.multinomial(q, 1).squeeze(1) if k else torch.zeros(0, dtype=torch.long)
+        for seed in range(30):
+            g = torch.Generator().manual_seed(seed)
+            n, nxt = verify_sampling(logits_to_probs(logits, params), q, draft, g)
+            g = torch.Generator().manual_seed(seed)
+            u, noise = torch.rand(k, generator=g), torch.empty(11).exponential_(1, generator=g)
+            n2, nxt2, div, p = round_outcome(logits, q, draft, u, noise, params)
+            assert (int(n), int(nxt)) == (int(n2), int(nxt2))
+            assert torch.equal(p, logits_to_probs(logits, params))
+            assert float(div) == float(block_divergence(p[:k], q))
 
 
 def test_block_divergence_and_vocab_alignment():

@@ -1,0 +1,74 @@
+"""A sampled round's verification replayed as one CUDA graph per draft length.
+
+Eagerly, a sampled verify is some thirty small kernels over [k+1, V] probabilities (temperature and
+softmax, the accept test, the residual, the draw, the block divergence): on a GPU each costs a
+launch, not bytes. Here they are captured once per k = 0..γmax. The randomness is drawn outside the
+graph from the engine's generator, into buffers the graph reads, in the order `verify_sampling`
+draws it: the uniforms for the accept test, then the exponential noise of the final draw. The maths
+is `sampling.round_outcome`, the same function the eager path runs.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from metasd_train.decoding.sampling import SamplingParams, round_outcome
+
+
+class SampledVerify:
+    """verify(logits [k+1, V], q [k, V], draft [k]) -> (n, next, divergence, p [k+1, V]) on CUDA graphs.
+
+    The returned tensors are the graph's own buffers: they hold until the next call (a round reads
+    them before its next verify).
+    """
+
+    def __init__(self, vocab_size: int, max_block: int, params: SamplingParams, device: torch.device):
+        self.vocab_size, self.max_block, self.params, self.device = vocab_size, max_block, params, device
+        self._captured: dict[int, tuple] = {}
+        self._pool = None
+
+    @property
+    def graph_count(self) -> int:
+        return len(self._captured)
+
+    @torch.inference_mode()
+    def warmup(self) -> None:
+        for k in range(self.max_block):
+            self._graph(k)
+
+    @torch.inference_mode()
+    def __call__(self, logits: torch.Tensor, q: torch.Tensor, draft: torch.Tensor, generator=None):
+        graph, l_buf, q_buf, d_buf, u_buf, e_buf, *out = self._graph(draft.shape[0])
+        l_buf.copy_(logits)
+        q_buf.copy_(q)
+        d_buf.copy_(draft)
+        u_buf.uniform_(generator=generator)
+        e_buf.exponential_(1, generator=generator)
+        graph.replay()
+        return tuple(out)
+
+    def _graph(self, k: int) -> tuple:
+        if k not in self._captured:
+            self._captured[k] = self._capture(k)
+        return self._captured[k]
+
+    def _capture(self, k: int) -> tuple:
+        V, dev = self.vocab_size, self.device
+        inputs = (
+            torch.zeros(k + 1, V, device=dev),
+            torch.zeros(k, V, device=dev),
+            torch.zeros(k, dtype=torch.long, device=dev),
+            torch.full((k,), 0.5, device=dev),
+            torch.ones(V, device=dev),
+        )
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                round_outcome(*inputs, self.params)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            out = round_outcome(*inputs, self.params)
+        self._pool = self._pool or graph.pool()
+        return (graph, *inputs, *out)
