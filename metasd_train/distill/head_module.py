@@ -27,21 +27,25 @@ class Targets:
     """Teacher side of a batch, rows aligned with the head's (row t predicts x_{t+2})."""
 
     probs: torch.Tensor  # [B, T, K] teacher at t+1 over the draft vocab, renormalised
-    on_draft: torch.Tensor  # [B, T, K] teacher at t+1 over the draft vocab, not renormalised
+    on_draft: torch.Tensor | None  # [B, T, K] teacher at t+1 over the draft vocab, not renormalised (tv only)
     argmax: torch.Tensor  # [B, T] teacher's greedy target id at t+1
     valid: torch.Tensor  # [B, T] bool: a response position (loss_mask at t+1)
     in_vocab: torch.Tensor  # [B, T] bool: the teacher's argmax is draftable
+    neg_entropy: torch.Tensor | None = None  # [B, T] sum p log p of `probs`: the same for every unrolled step
 
 
 def fkl(logits: torch.Tensor, t: Targets) -> torch.Tensor:
     """KL(teacher_on_draft || head) per row (cross-entropy minus the teacher's entropy)."""
     # logits: [B, T, K] -> [B, T]
-    return (torch.special.xlogy(t.probs, t.probs) - t.probs * F.log_softmax(logits.float(), -1)).sum(-1)
+    neg_entropy = t.neg_entropy if t.neg_entropy is not None else torch.special.xlogy(t.probs, t.probs).sum(-1)
+    return neg_entropy - (t.probs * F.log_softmax(logits.float(), -1)).sum(-1)
 
 
 def tv(logits: torch.Tensor, t: Targets) -> torch.Tensor:
     """1 - acceptance of speculative sampling: the head proposes only draft tokens."""
     # logits: [B, T, K] -> [B, T]
+    if t.on_draft is None:
+        raise RuntimeError("internal error: Targets built without on_draft (see HeadDistillModule._teacher)")
     return 1 - torch.minimum(t.on_draft, logits.float().softmax(-1)).sum(-1)
 
 
@@ -82,7 +86,7 @@ class HeadDistillModule(L.LightningModule):
 
     on_validation_start = on_fit_start
 
-    def _teacher(self, batch) -> tuple[torch.Tensor, torch.Tensor, Targets]:
+    def _teacher(self, batch, on_draft: bool = True) -> tuple[torch.Tensor, torch.Tensor, Targets]:
         # batch [B, T] -> features [B, T, 3d], next-token embeddings [B, T, d], Targets
         ids, attn, loss_mask = batch["input_ids"], batch["attention_mask"], batch["loss_mask"].bool()
         model, layers = self.teacher.model, self.head.config.feature_layers
@@ -90,29 +94,36 @@ class HeadDistillModule(L.LightningModule):
             out = model(input_ids=ids, attention_mask=attn, output_hidden_states=True)
             features = torch.cat([out.hidden_states[i] for i in layers], dim=-1)
             embeds = model.get_input_embeddings()(torch.cat((ids[:, 1:], ids[:, -1:]), 1))
-            targets = self._targets(out.logits[:, 1:], loss_mask[:, 1:])  # row t: teacher at t+1
+            targets = self._targets(out.logits[:, 1:], loss_mask[:, 1:], on_draft)  # row t: teacher at t+1
         return features, embeds, targets
 
-    def _targets(self, logits: torch.Tensor, valid: torch.Tensor) -> Targets:
+    def _targets(self, logits: torch.Tensor, valid: torch.Tensor, on_draft: bool = True) -> Targets:
+        """The teacher's rows. The unnormalised `on_draft` needs a logsumexp over the whole vocabulary
+        (in fp32: the pass that dominates a large-vocabulary step), so it is built only when asked:
+        for the tv loss and the validation acceptance."""
         # logits: [B, T-1, V] teacher at t+1; valid: [B, T-1] -> Targets over T rows (the last one invalid)
         draft_ids = torch.arange(self.head.d2t.shape[0], device=logits.device) + self.head.d2t
         on_vocab = logits[..., draft_ids].float()  # [B, T-1, K]
-        lse = logits.float().logsumexp(-1, keepdim=True)  # no full-vocabulary softmax is kept
         argmax = F.pad(logits.argmax(-1), (0, 1))
-        rows = (on_vocab.softmax(-1), (on_vocab - lse).exp())
-        probs, on_draft = (F.pad(x, (0, 0, 0, 1)) for x in rows)
-        return Targets(probs, on_draft, argmax, F.pad(valid, (0, 1)), self.head.t2d[argmax])
+        pad = (0, 0, 0, 1)
+        probs = F.pad(on_vocab.softmax(-1), pad)
+        unnormalised = None
+        if on_draft:
+            lse = logits.float().logsumexp(-1, keepdim=True)  # no full-vocabulary softmax is kept
+            unnormalised = F.pad((on_vocab - lse).exp(), pad)
+        neg_entropy = torch.special.xlogy(probs, probs).sum(-1)
+        return Targets(probs, unnormalised, argmax, F.pad(valid, (0, 1)), self.head.t2d[argmax], neg_entropy)
 
-    def _unroll(self, batch) -> tuple[list[torch.Tensor], Targets]:
+    def _unroll(self, batch, on_draft: bool = True) -> tuple[list[torch.Tensor], Targets]:
         dtype, steps = self.head.fc.weight.dtype, self.hparams.ttt_steps
         with no_cudnn_attention():  # every batch's padded length is a new shape to cuDNN
-            features, embeds, targets = self._teacher(batch)
+            features, embeds, targets = self._teacher(batch, on_draft)
             outs = self.head.unroll(features.to(dtype), embeds.to(dtype), batch["attention_mask"], steps)
         return [self.head.logits(o) for o in outs], targets
 
     def training_step(self, batch, batch_idx):
         hp = self.hparams
-        logits, t = self._unroll(batch)
+        logits, t = self._unroll(batch, on_draft=hp.loss == "tv" or hp.tv_weight > 0)
         loss = torch.zeros((), device=self.device)
         for k, step_logits in enumerate(logits):
             rows = t.valid & t.in_vocab

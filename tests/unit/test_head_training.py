@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from metasd_train.data.datamodule import collate, to_example
-from metasd_train.distill.head_module import HeadDistillModule, Targets
+from metasd_train.distill.head_module import HeadDistillModule, Targets, fkl
 from metasd_train.models.draft_vocab import token_counts
 from metasd_train.models.head import build_head
 from metasd_train.models.head_io import load_head, save_head
@@ -90,6 +90,22 @@ def test_teacher_rows_follow_the_head_convention(teacher):
     torch.testing.assert_close(t.probs[:, :-1], out.logits[:, 1:, draft].softmax(-1))
     torch.testing.assert_close(t.on_draft[:, :-1], out.logits[:, 1:].softmax(-1)[..., draft])
     assert torch.equal(t.in_vocab, module.head.t2d[t.argmax])
+
+
+def test_fkl_steps_skip_the_full_vocabulary_pass_and_keep_the_loss(teacher):
+    """Training with fkl alone builds no unnormalised on_draft (a logsumexp over the whole vocabulary)
+    and reads the teacher's entropy once per batch; the loss is the KL it always was."""
+    module = HeadDistillModule(head_for(teacher), teacher, ["all"])
+    batch = next(iter(loader()))
+    _, _, lean = module._teacher(batch, on_draft=False)
+    _, _, full = module._teacher(batch)
+    assert lean.on_draft is None and full.on_draft is not None
+    assert torch.equal(lean.probs, full.probs) and torch.equal(lean.neg_entropy, full.neg_entropy)
+    logits = torch.randn(*lean.probs.shape)
+    kl = torch.nn.functional.kl_div(logits.log_softmax(-1), lean.probs, reduction="none").sum(-1)
+    torch.testing.assert_close(fkl(logits, lean), kl, rtol=1e-4, atol=1e-5)
+    recomputed = Targets(lean.probs, None, lean.argmax, lean.valid, lean.in_vocab)  # neg_entropy absent
+    torch.testing.assert_close(fkl(logits, recomputed), fkl(logits, lean))
 
 
 def test_head_trains_loss_falls(teacher):
