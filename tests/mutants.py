@@ -97,8 +97,8 @@ MUTANTS = [
     Mutant(
         "residual_is_p",
         "metasd_train/decoding/sampling.py",
-        "residual = torch.cat([(p[:k] - q).clamp_min(0), p[k:]], dim=0)",
-        "residual = p",
+        "row = (p_n - q_n).clamp_min(0)",
+        "row = p_n",
         (SAMPLING,),
         "after a rejection, sample from p instead of norm(max(p - q, 0))",
     ),

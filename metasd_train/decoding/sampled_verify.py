@@ -26,6 +26,13 @@ class SampledVerify:
         self.vocab_size, self.max_block, self.params, self.device = vocab_size, max_block, params, device
         self._captured: dict[int, tuple] = {}
         self._pool = None
+        # one set of input buffers for every k (graph k reads their leading rows), made before any capture
+        k, V = max_block - 1, vocab_size
+        self._logits = torch.zeros(k + 1, V, device=device)
+        self._q = torch.zeros(k, V, device=device)
+        self._draft = torch.zeros(k, dtype=torch.long, device=device)
+        self._u = torch.full((k,), 0.5, device=device)
+        self._noise = torch.ones(V, device=device)
 
     @property
     def graph_count(self) -> int:
@@ -53,14 +60,7 @@ class SampledVerify:
         return self._captured[k]
 
     def _capture(self, k: int) -> tuple:
-        V, dev = self.vocab_size, self.device
-        inputs = (
-            torch.zeros(k + 1, V, device=dev),
-            torch.zeros(k, V, device=dev),
-            torch.zeros(k, dtype=torch.long, device=dev),
-            torch.full((k,), 0.5, device=dev),
-            torch.ones(V, device=dev),
-        )
+        inputs = (self._logits[: k + 1], self._q[:k], self._draft[:k], self._u[:k], self._noise)
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):

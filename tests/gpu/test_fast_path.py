@@ -19,10 +19,12 @@ V = 64
 COMPILES = pytest.mark.parametrize("compile", ["none", "fused", "static", "layer"])
 
 
-def engine_for(target, fast, graphs=True, params=SamplingParams(), compile="fused"):
+def engine_for(target, fast, graphs=True, params=SamplingParams(), compile="fused", full_feedback=False):
     arms = [ModelArm("trunc1", truncated(target, 1), V, 4), ModelArm("trunc2", truncated(target, 2), V, 3)]
     arms.append(NgramArm("ngram", V, 3))
-    engine = SpecEngine(target, arms, params, eos_ids=[], fast=fast, max_len=128, compile=compile)
+    engine = SpecEngine(
+        target, arms, params, eos_ids=[], fast=fast, max_len=128, compile=compile, full_feedback=full_feedback
+    )
     for lm in [engine.target, *engine.lms.values()] if fast else []:
         lm.graphs = graphs
         lm.spans = (16, 32, 64, lm.spans[-1])  # requests cross spans: one graph per (width, span)
@@ -117,6 +119,20 @@ def test_fast_greedy_matches_hf_generate_fp32(compile):
     for p in prompts():
         ref = target.generate(torch.tensor([p], device="cuda"), do_sample=False, max_new_tokens=40, eos_token_id=None)
         assert engine.generate(p, 40, chooser).tokens == ref[0, len(p) :].tolist()
+
+
+def test_sampled_full_feedback_reads_the_graphed_p_within_its_round(target):
+    """Idle arms are scored against the sampled verify graph's own p buffer, after other graphs have
+    replayed: the scores and tokens equal the eager verify's, round by round."""
+    params = SamplingParams(temperature=0.8)
+    runs = []
+    for graphs in (True, False):
+        engine = engine_for(target, fast=True, graphs=graphs, params=params, full_feedback=True)
+        chooser = BanditChooser(RandomArm(3, seed=2))
+        torch.manual_seed(0)
+        gens = [engine.generate(p, 30, chooser) for p in prompts(8)]
+        runs.append([(g.tokens, [sorted((i, s.accepted) for i, s in r.idle.items()) for r in g.rounds]) for g in gens])
+    assert runs[0] == runs[1]
 
 
 def test_sampled_verify_graphs_equal_the_eager_round_bitwise():

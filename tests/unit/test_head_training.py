@@ -108,6 +108,16 @@ def test_fkl_steps_skip_the_full_vocabulary_pass_and_keep_the_loss(teacher):
     torch.testing.assert_close(fkl(logits, recomputed), fkl(logits, lean))
 
 
+@pytest.mark.parametrize("loss, tv_weight, built", [("fkl", 0.0, False), ("fkl", 0.5, True), ("tv", 0.0, True)])
+def test_training_builds_on_draft_only_when_a_tv_term_needs_it(teacher, loss, tv_weight, built):
+    module = HeadDistillModule(head_for(teacher), teacher, ["all"], loss=loss, tv_weight=tv_weight, ttt_steps=2)
+    module.log = lambda *a, **k: None
+    seen, targets = [], module._targets
+    module._targets = lambda *a: seen.append(targets(*a).on_draft is not None) or targets(*a)
+    module.training_step(next(iter(loader())), 0).backward()
+    assert seen == [built]
+
+
 def test_head_trains_loss_falls(teacher):
     module = HeadDistillModule(head_for(teacher), teacher, ["all"], ttt_steps=3, lr=3e-3, warmup_steps=2, max_steps=30)
     losses = Losses()

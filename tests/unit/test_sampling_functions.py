@@ -54,23 +54,37 @@ def test_residual_excludes_mass_the_drafter_already_covered():
     assert 0.35 < sum(int(n) for n, _ in outs) / len(outs) < 0.65
 
 
-def test_round_outcome_with_given_draws_is_verify_sampling_with_a_generator():
-    """The capturable form (randomness passed in, as the CUDA graph gets it) draws the same tokens
-    as the eager rule from the same generator state, for every draft length, the all-accepted one
-    (k = 0: a plain draw from p) included."""
+def previous_rule(p, q, draft, generator):
+    """verify_sampling as written before the capturable form, kept here as the reference: the
+    residual of every row, the row at n picked by indexing, then sampling.sample's race."""
+    k = draft.shape[0]
+    idx = torch.arange(k)
+    u = torch.rand(k, generator=generator)
+    n = torch.cumprod((u * q[idx, draft] < p[idx, draft]).to(torch.int64), dim=0).sum()
+    row = torch.cat([(p[:k] - q).clamp_min(0), p[k:]], dim=0)[n]
+    row = torch.where(row.sum() > 0, row, p[n])
+    return n, torch.argmax(row / torch.empty_like(row).exponential_(1, generator=generator), dim=-1)
+
+
+def test_round_outcome_draws_what_the_previous_rule_drew_from_the_same_generator():
+    """The capturable form (randomness passed in, as the CUDA graph gets it) and verify_sampling give
+    the tokens the previous formula gave from the same generator state, for every draft length, the
+    all-accepted one (k = 0: a plain draw from p) included, and with p == q on some rows."""
     params = SamplingParams(temperature=0.9, top_p=0.95)
     for k in range(4):
         logits, q_logits = torch.randn(k + 1, 11) * 2, torch.randn(k, 11) * 2
+        q_logits[: k // 2] = logits[: k // 2]  # the leading rows: p == q there
         q = logits_to_probs(q_logits, params)
         draft = torch.multinomial(q, 1).squeeze(1) if k else torch.zeros(0, dtype=torch.long)
-        for seed in range(30):
-            g = torch.Generator().manual_seed(seed)
-            n, nxt = verify_sampling(logits_to_probs(logits, params), q, draft, g)
+        p = logits_to_probs(logits, params)
+        for seed in range(40):
+            want = previous_rule(p, q, draft, torch.Generator().manual_seed(seed))
+            n, nxt = verify_sampling(p, q, draft, torch.Generator().manual_seed(seed))
             g = torch.Generator().manual_seed(seed)
             u, noise = torch.rand(k, generator=g), torch.empty(11).exponential_(1, generator=g)
-            n2, nxt2, div, p = round_outcome(logits, q, draft, u, noise, params)
-            assert (int(n), int(nxt)) == (int(n2), int(nxt2))
-            assert torch.equal(p, logits_to_probs(logits, params))
+            n2, nxt2, div, p2 = round_outcome(logits, q, draft, u, noise, params)
+            assert (int(n), int(nxt)) == (int(n2), int(nxt2)) == (int(want[0]), int(want[1]))
+            assert torch.equal(p2, p)
             assert float(div) == float(block_divergence(p[:k], q))
 
 
