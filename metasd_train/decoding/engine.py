@@ -116,7 +116,7 @@ class SpecEngine:
         """A cached view of `model` for this engine: static caches (+ graphs on CUDA) or DynamicCache.
         The target (`drafter=False`) gets its verify widths; a drafter model its catch-up widths."""
         if self.fast:
-            widths = catch_up_widths() if drafter else verify_widths(self.max_block)
+            widths = catch_up_widths(graphs=self.device.type == "cuda") if drafter else verify_widths(self.max_block)
             return StaticLM(
                 model, self.vocab_size, self.max_len, widths, compile=self.compile, feature_layers=feature_layers
             )

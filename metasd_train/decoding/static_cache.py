@@ -78,10 +78,14 @@ def verify_widths(max_block: int) -> tuple[int, ...]:
     return tuple(range(1, max_block + 1))
 
 
-def catch_up_widths(widest: int = 32) -> tuple[int, ...]:
+def catch_up_widths(widest: int = 32, graphs: bool = True) -> tuple[int, ...]:
     """A drafter model's widths: single draft steps, then catch-ups on the tokens of the rounds it
-    did not see, padded up to a power of two (a few pad positions cost next to nothing on a
-    launch-bound forward; every width is one more compile and set of graphs at start-up)."""
+    did not see. With graphs (CUDA) a catch-up is padded up to a power of two: a few pad positions
+    cost next to nothing on a launch-bound forward, and every width is one more compile and set of
+    graphs at start-up. Without graphs nothing is captured, so every width runs exactly (a pad
+    position costs real compute on a CPU)."""
+    if not graphs:
+        return tuple(range(1, widest + 1))
     return tuple(1 << i for i in range(widest.bit_length()) if 1 << i <= widest)
 
 

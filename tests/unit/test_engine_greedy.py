@@ -11,6 +11,7 @@ from metasd_train.bandit.policies import RandomArm
 from metasd_train.decoding.arms import ModelArm, NgramArm
 from metasd_train.decoding.engine import SpecEngine
 from metasd_train.decoding.sampling import SamplingParams
+from metasd_train.decoding.static_cache import catch_up_widths
 from metasd_train.errors import UserError
 from metasd_train.models.drafters import truncated
 from metasd_train.models.random_init import tiny_llama
@@ -129,10 +130,14 @@ def test_static_cache_after_200_switches_and_long_catch_ups(models):
 
 def test_target_captures_only_verify_widths_and_drafters_pad_catch_ups_to_powers_of_two(models):
     """Start-up compiles and captures one set per width: the target gets exactly its round widths
-    (1..γmax+1), a drafter model single steps plus power-of-two catch-ups; decoding stays exact."""
+    (1..γmax+1), a drafter model on CUDA single steps plus power-of-two catch-ups, on a CPU (nothing
+    captured) every width exactly; decoding stays exact with the padded widths too."""
+    assert catch_up_widths() == (1, 2, 4, 8, 16, 32) and catch_up_widths(graphs=False) == tuple(range(1, 33))
     engine = make_engine(models, fast=True, max_len=200)
     assert engine.target.widths == tuple(range(1, engine.max_block + 1))
-    assert [lm.widths for lm in engine.lms.values()] == [(1, 2, 4, 8, 16, 32)] * len(engine.lms)
+    assert [lm.widths for lm in engine.lms.values()] == [catch_up_widths(graphs=False)] * len(engine.lms)
+    for lm in engine.lms.values():
+        lm.widths, lm._base = catch_up_widths(), {w: torch.arange(w) for w in catch_up_widths()}
     rng = random.Random(3)
     chooser = BanditChooser(RandomArm(len(engine.arms)))
     chooser.select = lambda ctx: rng.randrange(len(engine.arms))
