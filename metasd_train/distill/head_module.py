@@ -98,9 +98,9 @@ class HeadDistillModule(L.LightningModule):
         return features, embeds, targets
 
     def _targets(self, logits: torch.Tensor, valid: torch.Tensor, on_draft: bool = True) -> Targets:
-        """The teacher's rows. The unnormalised `on_draft` needs a logsumexp over the whole vocabulary
-        (in fp32: the pass that dominates a large-vocabulary step), so it is built only when asked:
-        for the tv loss and the validation acceptance."""
+        """The teacher's rows. The unnormalised `on_draft` needs an fp32 copy and a logsumexp of the
+        logits over the whole vocabulary (among a large-vocabulary step's heaviest passes), so it is
+        built only when asked: for the tv loss and the validation acceptance."""
         # logits: [B, T-1, V] teacher at t+1; valid: [B, T-1] -> Targets over T rows (the last one invalid)
         draft_ids = torch.arange(self.head.d2t.shape[0], device=logits.device) + self.head.d2t
         on_vocab = logits[..., draft_ids].float()  # [B, T-1, K]
