@@ -19,11 +19,15 @@ class SampledVerify:
     """verify(logits [k+1, V], q [k, V], draft [k]) -> (n, next, divergence, p [k+1, V]) on CUDA graphs.
 
     The returned tensors are the graph's own buffers: they hold until the next call (a round reads
-    them before its next verify).
+    them before its next verify). With graphs=False (tests on a CPU) the same buffers are filled and
+    round_outcome runs on them eagerly, where a replay would run.
     """
 
-    def __init__(self, vocab_size: int, max_block: int, params: SamplingParams, device: torch.device):
+    def __init__(
+        self, vocab_size: int, max_block: int, params: SamplingParams, device: torch.device, graphs: bool = True
+    ):
         self.vocab_size, self.max_block, self.params, self.device = vocab_size, max_block, params, device
+        self.graphs = graphs
         self._captured: dict[int, tuple] = {}
         self._pool = None
         # one set of input buffers for every k (graph k reads their leading rows), made before any capture
@@ -40,19 +44,25 @@ class SampledVerify:
 
     @torch.inference_mode()
     def warmup(self) -> None:
-        for k in range(self.max_block):
+        for k in range(self.max_block) if self.graphs else ():
             self._graph(k)
 
     @torch.inference_mode()
     def __call__(self, logits: torch.Tensor, q: torch.Tensor, draft: torch.Tensor, generator=None):
-        graph, l_buf, q_buf, d_buf, u_buf, e_buf, *out = self._graph(draft.shape[0])
+        k = draft.shape[0]
+        graph, l_buf, q_buf, d_buf, u_buf, e_buf, *out = self._graph(k) if self.graphs else (None, *self._inputs(k))
         l_buf.copy_(logits)
         q_buf.copy_(q)
         d_buf.copy_(draft)
         u_buf.uniform_(generator=generator)
         e_buf.exponential_(1, generator=generator)
+        if graph is None:
+            return round_outcome(l_buf, q_buf, d_buf, u_buf, e_buf, self.params)
         graph.replay()
         return tuple(out)
+
+    def _inputs(self, k: int) -> tuple:
+        return self._logits[: k + 1], self._q[:k], self._draft[:k], self._u[:k], self._noise
 
     def _graph(self, k: int) -> tuple:
         if k not in self._captured:
@@ -60,7 +70,7 @@ class SampledVerify:
         return self._captured[k]
 
     def _capture(self, k: int) -> tuple:
-        inputs = (self._logits[: k + 1], self._q[:k], self._draft[:k], self._u[:k], self._noise)
+        inputs = self._inputs(k)
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
