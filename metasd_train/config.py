@@ -43,6 +43,11 @@ class HeadDrafterConfig:
     """drafter.kind=head: one EAGLE-3 decoder layer over three target hidden states."""
 
     draft_vocab: int = 16384  # K most frequent tokens of the target's answers: smaller is cheaper, covers less
+    # smaller K tried once the generalist has trained (FR-Spec: its LM head cut, no retraining): the
+    # smallest whose validation accepted length is within draft_vocab_tolerance of K's is kept, and
+    # the specialists train on it; [] keeps K
+    draft_vocab_sizes: list[int] = field(default_factory=list)
+    draft_vocab_tolerance: float = 0.01  # the relative loss of validation accepted length a smaller K may cost
     feature_layers: list[int] | None = None  # indices into the target's hidden_states; None: (2, L//2, L-2)
     ttt_steps: int = 5  # training-time test: draft steps unrolled in training (match the arm's γ)
     step_decay: float = 0.8  # weight of unrolled step k: step_decay ** k

@@ -113,6 +113,13 @@ RANGES = [
     ("decode.early_stop", lambda v: _finite(v) and 0 <= v <= 1, "in [0, 1]"),
     ("decode.heldout_per_domain", lambda v: v >= 1, ">= 1 (log_acceptance decodes held-out prompts)"),
     ("decode.max_len", lambda v: v >= 2, ">= 2"),
+    ("drafter.head.draft_vocab", lambda v: v >= 1, ">= 1"),
+    (
+        "drafter.head.draft_vocab_sizes",
+        lambda v: all(isinstance(k, int) and k >= 1 for k in v),
+        "a list of draft-vocabulary sizes >= 1",
+    ),
+    ("drafter.head.draft_vocab_tolerance", lambda v: _finite(v) and 0 <= v < 1, "in [0, 1)"),
 ]
 
 

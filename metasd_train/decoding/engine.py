@@ -20,6 +20,7 @@ import torch
 from metasd_train.decoding.arms import Sequence
 from metasd_train.decoding.cache import CachedLM
 from metasd_train.decoding.records import Generation, IdleScore, RoundRecord
+from metasd_train.decoding.sampled_verify import SampledVerify
 from metasd_train.decoding.sampling import (
     SamplingParams,
     accepted_count,
@@ -28,7 +29,6 @@ from metasd_train.decoding.sampling import (
     verify_greedy,
     verify_sampling,
 )
-from metasd_train.decoding.sampled_verify import SampledVerify
 from metasd_train.decoding.static_cache import StaticLM, catch_up_widths, verify_widths
 from metasd_train.decoding.timing import Stopwatch
 from metasd_train.errors import UserError

@@ -62,15 +62,21 @@ def truncated(target, layers: int, freeze_embeddings: bool = True):
     return drafter.to(target.device).eval()
 
 
+def answer_counts(examples, vocab_size: int):
+    """[V] token counts over the target's own training answers (not the written examples): what a
+    head's draft vocabulary is built from and cut by."""
+    from metasd_train.models.draft_vocab import token_counts
+
+    own = zip(examples["response_ids"], examples["split"], examples["kind"])
+    return token_counts([r for r, split, kind in own if split == "train" and kind != "written"], vocab_size)
+
+
 @drafter_kind("head", arm="head")
 def _head(target, d, seed, device, tokenizer, examples):
-    from metasd_train.models.draft_vocab import token_counts
     from metasd_train.models.head import build_head
     from metasd_train.models.tokenizers import eos_ids
 
-    own = zip(examples["response_ids"], examples["split"], examples["kind"])  # the target's answers, not written
-    train = [r for r, split, kind in own if split == "train" and kind != "written"]
-    counts = token_counts(train, target.config.vocab_size)
+    counts = answer_counts(examples, target.config.vocab_size)
     layers = list(d.head.feature_layers) if d.head.feature_layers else None
     k = min(int(d.head.draft_vocab), target.config.vocab_size)
     return build_head(target, k, counts, eos_ids(target, tokenizer), layers, seed).to(device).float()

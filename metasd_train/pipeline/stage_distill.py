@@ -2,7 +2,8 @@
 
 Output layout (read by log_acceptance and export through `drafter_specs`):
 distill/generalist/ (the drafter's folder), distill/specialists/<domain>/ (a PEFT adapter over the
-generalist, or a whole drafter), distill/acceptance.json, distill/throughput.json.
+generalist, or a whole drafter), distill/acceptance.json, distill/throughput.json, and where
+drafter.head.draft_vocab_sizes cut the head's draft vocabulary, distill/draft_vocab.json.
 """
 
 from __future__ import annotations
@@ -64,6 +65,37 @@ def _train(ctx, student, dm, name: str, steps: int, lr: float, drafter=None) -> 
     return validate(module, dm, trainer)
 
 
+def cut_draft_vocab(ctx, student, examples, dm, full: dict):
+    """drafter.head.draft_vocab_sizes: the trained generalist head cut to the smallest listed draft
+    vocabulary whose validation accepted length stays within drafter.head.draft_vocab_tolerance of
+    its own (FR-Spec: the most frequent ids of its vocabulary kept, no retraining; a smaller LM head
+    makes every draft step cheaper). Returns (head, {"accept_len": {K: length}, "kept": K} or None)."""
+    c, d = ctx.cfg.distill, ctx.cfg.drafter
+    size = student.config.draft_vocab_size
+    sizes = sorted({int(k) for k in d.head.draft_vocab_sizes if int(k) < size}) if d.kind == "head" else []
+    if not sizes:
+        return student, None
+    from metasd_train.models.drafters import answer_counts
+    from metasd_train.models.head_restrict import restrict_head
+    from metasd_train.models.tokenizers import eos_ids
+
+    counts = answer_counts(examples, ctx.target.config.vocab_size)
+    eos, family = eos_ids(ctx.target, ctx.tokenizer), FAMILIES[DRAFTER_KINDS[d.kind].arm]
+    tried = {size: full["all"]["accept_len"]}
+    floor = (1 - d.head.draft_vocab_tolerance) * tried[size]
+    kept = student
+    for k in sizes:  # smallest first: the first that keeps the accepted length is kept
+        small = restrict_head(student, counts, k, always=eos)
+        module = family.module(small, ctx.target, dm.val_domains, c, d, c.lr, 1)
+        trainer = make_trainer(OmegaConf.to_container(ctx.cfg.trainer), ctx.run.path / "logs", f"draft-vocab-{k}")
+        tried[k] = validate(module, dm, trainer)["all"]["accept_len"]
+        if tried[k] >= floor:
+            kept = small
+            break
+    lengths = {k: round(v, 4) for k, v in sorted(tried.items())}
+    return kept, {"accept_len": lengths, "kept": kept.config.draft_vocab_size}
+
+
 def specialist(student, d):
     """A specialist to train from the generalist: a LoRA adapter over it, or a whole copy."""
     if d.specialists == "lora":
@@ -83,6 +115,7 @@ def run(ctx: StageContext) -> dict:
     init = family.module(student, ctx.target, domains, c, d, c.lr, 1)
     table = {"init": validate(init, all_dm, init_trainer)}
     table["generalist"] = _train(ctx, student, all_dm, "generalist", c.max_steps, c.lr)
+    student, vocab = cut_draft_vocab(ctx, student, examples, all_dm, table["generalist"])
     specialists = {}
     for domain in domains if d.specialists != "none" else []:
         dm = DistillDataModule(examples, [domain], c.batch_size, pad, ctx.cfg.seed)
@@ -106,10 +139,13 @@ def run(ctx: StageContext) -> dict:
             FAMILIES[DRAFTER_KINDS[cd.kind].arm].save(model, out / "companions" / name, ctx.tokenizer)
         write_json(out / "acceptance.json", table)
         write_json(out / "throughput.json", ctx.extras["throughput"])
+        if vocab is not None:
+            write_json(out / "draft_vocab.json", vocab)
     return {
         "train_tokens_per_s": {k: round(v["tokens_per_s"]) for k, v in ctx.extras["throughput"].items()},
         "val_acceptance": {
             k: {dd: round(v["acceptance"], 4) for dd, v in t.items() if "acceptance" in v} for k, t in table.items()
         },
         **({"val_accept_len": {k: round(t["all"]["accept_len"], 3) for k, t in table.items() if "all" in t}}),
+        **({"draft_vocab": vocab} if vocab is not None else {}),
     }

@@ -152,7 +152,10 @@ def test_sampled_verify_graphs_equal_the_eager_round_bitwise():
             g = torch.Generator("cuda").manual_seed(seed)
             got = [t.clone() for t in verify(logits, q, draft, g)]
             g = torch.Generator("cuda").manual_seed(seed)
-            u, noise = torch.rand(k, device="cuda", generator=g), torch.empty(V, device="cuda").exponential_(1, generator=g)
+            u, noise = (
+                torch.rand(k, device="cuda", generator=g),
+                torch.empty(V, device="cuda").exponential_(1, generator=g),
+            )
             want = round_outcome(logits, q, draft, u, noise, params)
             for a, b in zip(got, want):
                 assert torch.equal(a, b)

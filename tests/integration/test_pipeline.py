@@ -292,3 +292,27 @@ def test_written_examples_join_the_generated_ones_and_a_written_change_keeps_the
     assert partial_dir(ctx("+data.written.code={source: sharegpt, n: 2}")) == shard.parent and shard.is_dir()
     partial_dir(ctx("data.max_new_tokens=13"))  # a setting the answers depend on: the shards go
     assert not shard.exists()
+
+
+def test_a_head_run_cuts_its_draft_vocabulary_and_every_later_stage_uses_the_cut_head(tmp_path):
+    """drafter.head.draft_vocab_sizes: the generalist head is cut after training (the specialists
+    then train on the cut head), the record names what was tried and kept, and the acceptance log,
+    bandit fit and export all run on the cut head; the export's head has the kept size."""
+    from metasd_train.models.head_io import load_head
+
+    run = run_tiny(
+        tmp_path / "head",
+        "drafter=head",
+        "drafter.head.draft_vocab=64",
+        "drafter.head.draft_vocab_sizes=[16,32,128]",  # 128 is not smaller than 64: never tried
+        "drafter.head.draft_vocab_tolerance=0.5",
+    )
+    record = json.loads((run.path / "distill/draft_vocab.json").read_text())
+    assert set(record["accept_len"]) <= {"16", "32", "64"} and "64" in record["accept_len"]
+    kept = record["kept"]
+    assert kept in (16, 32, 64) and str(kept) in record["accept_len"]
+    assert run.manifest()["stages"]["distill"]["summary"]["draft_vocab"]["kept"] == kept
+    assert load_head(run.path / "distill/generalist").config.draft_vocab_size == kept
+    ensemble = json.loads((run.path / "export/ensemble.json").read_text())
+    assert [d["name"] for d in ensemble["drafters"]][0] == "generalist"
+    assert json.loads((run.path / "export/generalist/config.json").read_text())["draft_vocab_size"] == kept
