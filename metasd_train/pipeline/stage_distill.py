@@ -71,8 +71,10 @@ def cut_draft_vocab(ctx, student, examples, dm, full: dict):
     its own (FR-Spec: the most frequent ids of its vocabulary kept, no retraining; a smaller LM head
     makes every draft step cheaper). Returns (head, {"accept_len": {K: length}, "kept": K} or None)."""
     c, d = ctx.cfg.distill, ctx.cfg.drafter
+    if d.kind != "head":
+        return student, None
     size = student.config.draft_vocab_size
-    sizes = sorted({int(k) for k in d.head.draft_vocab_sizes if int(k) < size}) if d.kind == "head" else []
+    sizes = sorted({int(k) for k in d.head.draft_vocab_sizes if int(k) < size})
     if not sizes:
         return student, None
     from metasd_train.models.drafters import answer_counts

@@ -70,3 +70,6 @@ def test_no_sizes_or_a_truncation_drafter_leaves_the_drafter_alone(tmp_path):
     ctx = context(tmp_path, "[]", 0.01)
     head = build_head(ctx.target, 64, torch.arange(V), eos_ids=[1])
     assert stage_distill.cut_draft_vocab(ctx, head, EXAMPLES, None, {}) == (head, None)
+    ctx = context(tmp_path, "[16]", 0.01)
+    ctx.cfg.drafter.kind = "truncated"  # a causal LM's config has no draft vocabulary at all
+    assert stage_distill.cut_draft_vocab(ctx, ctx.target, EXAMPLES, None, {}) == (ctx.target, None)

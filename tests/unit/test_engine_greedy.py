@@ -229,9 +229,9 @@ def test_warmup_requests_fit_any_max_len_and_keep_the_output_exact(models, max_l
 def test_request_seconds_leave_out_the_callers_on_tokens(models):
     engine, slept = make_engine(models), []
 
-    def slow_printer(new):
-        time.sleep(0.02)
-        slept.append(0.02)
+    def slow_printer(new):  # each call sleeps longer than a whole tiny request takes on a busy CPU
+        time.sleep(0.15)
+        slept.append(0.15)
 
     gen = engine.generate([3, 4, 5, 6], 16, BanditChooser(RandomArm(len(engine.arms), seed=2)), on_tokens=slow_printer)
     assert len(slept) == len(gen.rounds) and gen.seconds < sum(slept)  # the printer's time is not the request's
