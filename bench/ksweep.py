@@ -31,7 +31,6 @@ from metasd_train.decoding.assemble import make_engine
 from metasd_train.decoding.head_arm import HeadArm
 from metasd_train.errors import UserError, one_line_errors
 from metasd_train.export.ensemble import find_export
-from metasd_train.models.draft_vocab import token_counts
 from metasd_train.models.head_restrict import restrict_head
 
 ALONE = "target alone"
@@ -67,11 +66,11 @@ def answer_counts(run: str, vocab_size: int) -> torch.Tensor:
     """Token counts of the run's training answers: what its heads' draft vocabularies were built from."""
     import datasets
 
+    from metasd_train.models.drafters import answer_counts as counts_of
     from metasd_train.pipeline.run_dir import RunDir
 
     examples = datasets.load_from_disk(str(RunDir(find_export(run).parent).require("data") / "examples"))
-    train = [r for r, split in zip(examples["response_ids"], examples["split"]) if split == "train"]
-    return token_counts(train, vocab_size)
+    return counts_of(examples, vocab_size)
 
 
 def the_head(b: Bench, name: str, ks: list[int]) -> HeadArm:
@@ -135,7 +134,7 @@ def markdown(report: dict) -> str:
     m = report["meta"]
     lines = [f"# τ and speed vs draft vocabulary K: {m['arm']} of {m['run']} on {m['card']}", ""]
     lines += [f"{m['prompts_used']} prompts, {m['max_new_tokens']} new tokens, greedy, γ = {m['gamma']}; "
-              f"the head was trained with K = {m['full_k']}.", ""]  # fmt: skip
+              f"the exported head has K = {m['full_k']} (distill/draft_vocab.json says whether training cut it).", ""]  # fmt: skip
     lines += ["| K | τ | tokens/s | × target alone | head step ms | / target step |", "|---|---|---|---|---|---|"]
     fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
     for r in report["rows"]:

@@ -116,8 +116,8 @@ RANGES = [
     ("drafter.head.draft_vocab", lambda v: v >= 1, ">= 1"),
     (
         "drafter.head.draft_vocab_sizes",
-        lambda v: all(isinstance(k, int) and k >= 1 for k in v),
-        "a list of draft-vocabulary sizes >= 1",
+        lambda v: all(isinstance(k, int) and k >= 8 for k in v),
+        "a list of draft-vocabulary sizes >= 8 (room for the end-of-sequence ids it always keeps)",
     ),
     ("drafter.head.draft_vocab_tolerance", lambda v: _finite(v) and 0 <= v < 1, "in [0, 1)"),
 ]

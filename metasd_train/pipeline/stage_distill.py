@@ -9,6 +9,7 @@ drafter.head.draft_vocab_sizes cut the head's draft vocabulary, distill/draft_vo
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import datasets
@@ -69,33 +70,49 @@ def cut_draft_vocab(ctx, student, examples, dm, full: dict):
     """drafter.head.draft_vocab_sizes: the trained generalist head cut to the smallest listed draft
     vocabulary whose validation accepted length stays within drafter.head.draft_vocab_tolerance of
     its own (FR-Spec: the most frequent ids of its vocabulary kept, no retraining; a smaller LM head
-    makes every draft step cheaper). Returns (head, {"accept_len": {K: length}, "kept": K} or None)."""
+    makes every draft step cheaper).
+
+    The choice is remembered beside the checkpoints before any specialist trains on the cut head, so
+    a resumed stage (on another process count, where validation batches differ) cuts to the same
+    size its specialists' checkpoints have. Returns (head, its validation rows, {"accept_len": {K:
+    length}, "kept": K, "rows": the full head's rows} or None).
+    """
     c, d = ctx.cfg.distill, ctx.cfg.drafter
-    if d.kind != "head":
-        return student, None
+    if d.kind != "head" or "all" not in full:  # no validation row with a response position: nothing to compare
+        return student, full, None
     size = student.config.draft_vocab_size
     sizes = sorted({int(k) for k in d.head.draft_vocab_sizes if int(k) < size})
     if not sizes:
-        return student, None
+        return student, full, None
     from metasd_train.models.drafters import answer_counts
     from metasd_train.models.head_restrict import restrict_head
     from metasd_train.models.tokenizers import eos_ids
 
     counts = answer_counts(examples, ctx.target.config.vocab_size)
     eos, family = eos_ids(ctx.target, ctx.tokenizer), FAMILIES[DRAFTER_KINDS[d.kind].arm]
-    tried = {size: full["all"]["accept_len"]}
-    floor = (1 - d.head.draft_vocab_tolerance) * tried[size]
-    kept = student
-    for k in sizes:  # smallest first: the first that keeps the accepted length is kept
+    memo = ctx.run.path / ".checkpoints" / "draft_vocab.json"
+    chosen = json.loads(memo.read_text())["kept"] if memo.exists() else None
+    rows, floor = {size: full}, (1 - d.head.draft_vocab_tolerance) * full["all"]["accept_len"]
+    kept, kept_rows = student, full
+    for k in [chosen] if chosen is not None else sizes:  # smallest first: the first that keeps the length
+        if k == size:
+            break
         small = restrict_head(student, counts, k, always=eos)
         module = family.module(small, ctx.target, dm.val_domains, c, d, c.lr, 1)
         trainer = make_trainer(OmegaConf.to_container(ctx.cfg.trainer), ctx.run.path / "logs", f"draft-vocab-{k}")
-        tried[k] = validate(module, dm, trainer)["all"]["accept_len"]
-        if tried[k] >= floor:
-            kept = small
+        rows[k] = validate(module, dm, trainer)
+        if chosen is not None or rows[k]["all"]["accept_len"] >= floor:
+            kept, kept_rows = small, rows[k]
             break
-    lengths = {k: round(v, 4) for k, v in sorted(tried.items())}
-    return kept, {"accept_len": lengths, "kept": kept.config.draft_vocab_size}
+    record = {
+        "accept_len": {k: round(r["all"]["accept_len"], 4) for k, r in sorted(rows.items())},
+        "kept": kept.config.draft_vocab_size,
+        "rows": full,
+    }
+    if chosen is None and ranks.is_zero():
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        write_json(memo, {"kept": record["kept"]})  # atomic; every rank chose the same (synced metrics)
+    return kept, kept_rows, record
 
 
 def specialist(student, d):
@@ -117,7 +134,7 @@ def run(ctx: StageContext) -> dict:
     init = family.module(student, ctx.target, domains, c, d, c.lr, 1)
     table = {"init": validate(init, all_dm, init_trainer)}
     table["generalist"] = _train(ctx, student, all_dm, "generalist", c.max_steps, c.lr)
-    student, vocab = cut_draft_vocab(ctx, student, examples, all_dm, table["generalist"])
+    student, table["generalist"], vocab = cut_draft_vocab(ctx, student, examples, all_dm, table["generalist"])
     specialists = {}
     for domain in domains if d.specialists != "none" else []:
         dm = DistillDataModule(examples, [domain], c.batch_size, pad, ctx.cfg.seed)
@@ -149,5 +166,5 @@ def run(ctx: StageContext) -> dict:
             k: {dd: round(v["acceptance"], 4) for dd, v in t.items() if "acceptance" in v} for k, t in table.items()
         },
         **({"val_accept_len": {k: round(t["all"]["accept_len"], 3) for k, t in table.items() if "all" in t}}),
-        **({"draft_vocab": vocab} if vocab is not None else {}),
+        **({"draft_vocab": {k: vocab[k] for k in ("kept", "accept_len")}} if vocab is not None else {}),
     }

@@ -312,6 +312,7 @@ def test_a_head_run_cuts_its_draft_vocabulary_and_every_later_stage_uses_the_cut
     kept = record["kept"]
     assert kept in (16, 32, 64) and str(kept) in record["accept_len"]
     assert run.manifest()["stages"]["distill"]["summary"]["draft_vocab"]["kept"] == kept
+    assert json.loads((run.path / ".checkpoints/draft_vocab.json").read_text()) == {"kept": kept}  # for a resume
     assert load_head(run.path / "distill/generalist").config.draft_vocab_size == kept
     ensemble = json.loads((run.path / "export/ensemble.json").read_text())
     assert [d["name"] for d in ensemble["drafters"]][0] == "generalist"

@@ -48,8 +48,8 @@ def test_recipe_list_names_every_recipe_with_a_description():
         (["recipe=tiny", "+data.written.nope={source: sharegpt, n: 2}"], "data.written.nope is not a domain"),
         (["recipe=tiny", "+data.written.code={source: sharegpt}"], "data.written.code must be {source: NAME, n: >= 1"),
         (
-            ["recipe=tiny", "drafter.head.draft_vocab_sizes=[0,8]"],
-            "drafter.head.draft_vocab_sizes=[0, 8] is out of range",
+            ["recipe=tiny", "drafter.head.draft_vocab_sizes=[4,8]"],
+            "drafter.head.draft_vocab_sizes=[4, 8] is out of range",
         ),
         (["recipe=tiny", "drafter.head.draft_vocab_tolerance=1.5"], "drafter.head.draft_vocab_tolerance=1.5 is out of"),
         (
