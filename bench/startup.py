@@ -1,7 +1,7 @@
 """Where an engine's start-up goes: build and warm-up of every cache, on a GPU, in a fresh process.
 
 python -m bench.startup [shapes=qwen-coder] [heads=7] [draft_vocab=32768] [max_len=2048] [gamma=5]
-                        [compile=fused] [profile=FILE.prof] [out=FILE.json]
+                        [compile=static] [profile=FILE.prof] [out=FILE.json]
 
 Random weights of a recipe's real shapes (loading is not timed here: decode.py prints it), so no
 model package is needed: the target, `heads` EAGLE-3 heads and, for qwen-coder, the 0.5B black-box
