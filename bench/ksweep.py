@@ -1,6 +1,6 @@
 """τ and speed against the draft-vocabulary size K of a trained head, without retraining (FR-Spec style).
 
-python -m bench.ksweep run=RUN_DIR prompts=FILE.jsonl [ks=2048,4096,8192,16384] [arm=generalist]
+python -m bench.ksweep run=RUN_DIR prompts=FILE.jsonl [ks=2048,4096,...] [arm=generalist]
                        [max_new_tokens=256] [per_category=100] [out=DIR] [device=auto] [fast=true]
 
 For each K the run's head `arm` is restricted to the K most frequent ids of its draft vocabulary
@@ -40,7 +40,7 @@ ALONE = "target alone"
 class KSweepArgs:
     run: str = ""  # a run directory (its export/ and data/ are read)
     prompts: str = ""  # question.jsonl: question_id, category, turns[] (first turns are decoded)
-    ks: str = "2048,4096,8192,16384"  # draft-vocabulary sizes, each at most the head's own
+    ks: str = ""  # draft-vocabulary sizes, each at most the head's own ("": its own and its halvings down to 2,048)
     arm: str = "generalist"  # the head arm of the export to restrict
     max_new_tokens: int = 256
     per_category: int = 100  # prompts taken per category, in file order
@@ -53,13 +53,21 @@ class KSweepArgs:
 def parse_args(argv: list[str]) -> KSweepArgs:
     args = parse(KSweepArgs, argv, required=("run", "prompts"))
     check_ranges(args, [("max_new_tokens", lambda v: v >= 1, ">= 1"), ("per_category", lambda v: v >= 1, ">= 1")])
-    try:
-        ks = [int(k) for k in args.ks.split(",")]
-    except ValueError:
-        raise UserError(f"ks={args.ks!r}: pass comma-separated integers, e.g. ks=2048,4096,8192") from None
-    if not ks or min(ks) < 1:
-        raise UserError(f"ks={args.ks!r}: every size must be >= 1")
+    sizes(args.ks)  # fails here, before any model loads
     return args
+
+
+def sizes(ks: str, full: int | None = None) -> list[int]:
+    """The sizes `ks` names, or with ks="" the head's own size `full` and its halvings down to 2,048."""
+    if not ks:
+        return sorted({full >> i for i in range(8) if full >> i >= min(2048, full)}) if full else []
+    try:
+        out = sorted({int(k) for k in ks.split(",")})
+    except ValueError:
+        raise UserError(f"ks={ks!r}: pass comma-separated integers, e.g. ks=2048,4096,8192") from None
+    if not out or out[0] < 1:
+        raise UserError(f"ks={ks!r}: every size must be >= 1")
+    return out
 
 
 def answer_counts(run: str, vocab_size: int) -> torch.Tensor:
@@ -73,14 +81,16 @@ def answer_counts(run: str, vocab_size: int) -> torch.Tensor:
     return counts_of(examples, vocab_size)
 
 
-def the_head(b: Bench, name: str, ks: list[int]) -> HeadArm:
+def the_head(b: Bench, name: str, ks: str) -> tuple[HeadArm, list[int]]:
+    """The head arm `name` and the sizes to sweep it over."""
     heads = {a.name: a for a in b.ens.arms if a.kind == "head"}
     if name not in heads:
         raise UserError(f"arm={name!r} is not a head arm of this export; choose one of: {', '.join(heads) or 'none'}")
     full = heads[name].head.config.draft_vocab_size
-    if max(ks) > full:
-        raise UserError(f"ks={max(ks)} exceeds the head's draft vocabulary ({full}); choose sizes up to {full}")
-    return heads[name]
+    out = sizes(ks, full)
+    if max(out) > full:
+        raise UserError(f"ks={max(out)} exceeds the head's draft vocabulary ({full}); choose sizes up to {full}")
+    return heads[name], out
 
 
 def k_row(b: Bench, arm: HeadArm, counts: torch.Tensor, k: int) -> dict | None:
@@ -116,8 +126,7 @@ def rows_for(b: Bench, arm: HeadArm, counts: torch.Tensor, ks: list[int]) -> lis
 
 def ksweep(args: KSweepArgs) -> dict:
     b = Bench(args).load()
-    ks = sorted({int(k) for k in args.ks.split(",")})
-    arm = the_head(b, args.arm, ks)
+    arm, ks = the_head(b, args.arm, args.ks)
     counts = answer_counts(args.run, b.model.config.vocab_size)
     rows = rows_for(b, arm, counts, ks)
     alone = b.timed(ALONE, lambda: engine_stats(b.engine(alone=True), chooser_for(None, fixed=0)[0], b.prompts, b.n))
