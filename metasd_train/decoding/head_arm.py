@@ -19,7 +19,7 @@ import torch
 
 from metasd_train.decoding.arms import Arm, Sequence
 from metasd_train.decoding.fasthead import FastHead, HeadSteps, unsupported
-from metasd_train.decoding.sampling import SamplingParams, logits_to_probs, pick
+from metasd_train.decoding.sampling import SamplingParams, logits_to_probs, pick, race
 from metasd_train.decoding.static_cache import spans_for
 from metasd_train.decoding.timing import Stopwatch
 
@@ -170,7 +170,7 @@ class HeadRuntime:
         tokens, probs = [], []
         for j in range(k):
             p = logits_to_probs(self.head.full_vocab_logits(logits.float()), params)  # [1, V]
-            token = torch.argmax(p / noise[j : j + 1], dim=-1)  # [1]: a draw from p (sampling.sample)
+            token = race(p, noise[j : j + 1])  # [1]: a draw from p
             tokens.append(token)
             probs.append(p)
             if j < k - 1:

@@ -64,8 +64,13 @@ def logits_to_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tenso
 def sample(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Sample one index per row without a host sync (exponential race; rows need not sum to 1)."""
     # probs: [..., V] -> [...]
-    e = torch.empty_like(probs).exponential_(1, generator=generator)
-    return torch.argmax(probs / e, dim=-1)
+    return race(probs, torch.empty_like(probs).exponential_(1, generator=generator))
+
+
+def race(probs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """sample's draw with its Exp(1) noise given (drawn outside a CUDA graph): argmax of probs / noise."""
+    # probs: [..., V]; noise: broadcastable to probs -> [...]
+    return torch.argmax(probs / noise, dim=-1)
 
 
 def pick(logits: torch.Tensor, params: SamplingParams, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,7 +123,7 @@ def accept_and_resample(p, q, draft, u, noise) -> tuple[torch.Tensor, torch.Tens
     q_n = torch.cat([q, q.new_zeros(1, q.shape[-1])]).index_select(0, at)[0]  # no draft at n = k: q is 0
     row = (p_n - q_n).clamp_min(0)
     row = torch.where(row.sum() > 0, row, p_n)  # p == q exactly: nothing to correct
-    return n, torch.argmax(row / noise, dim=-1)
+    return n, race(row, noise)
 
 
 def round_outcome(logits, q, draft, u, noise, params: SamplingParams):
