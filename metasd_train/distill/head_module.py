@@ -31,14 +31,13 @@ class Targets:
     argmax: torch.Tensor  # [B, T] teacher's greedy target id at t+1
     valid: torch.Tensor  # [B, T] bool: a response position (loss_mask at t+1)
     in_vocab: torch.Tensor  # [B, T] bool: the teacher's argmax is draftable
-    neg_entropy: torch.Tensor | None = None  # [B, T] sum p log p of `probs`: the same for every unrolled step
+    neg_entropy: torch.Tensor  # [B, T] sum p log p of `probs`: the same for every unrolled step
 
 
 def fkl(logits: torch.Tensor, t: Targets) -> torch.Tensor:
     """KL(teacher_on_draft || head) per row (cross-entropy minus the teacher's entropy)."""
     # logits: [B, T, K] -> [B, T]
-    neg_entropy = t.neg_entropy if t.neg_entropy is not None else torch.special.xlogy(t.probs, t.probs).sum(-1)
-    return neg_entropy - (t.probs * F.log_softmax(logits.float(), -1)).sum(-1)
+    return t.neg_entropy - (t.probs * F.log_softmax(logits.float(), -1)).sum(-1)
 
 
 def tv(logits: torch.Tensor, t: Targets) -> torch.Tensor:
