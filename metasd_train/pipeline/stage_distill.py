@@ -94,9 +94,8 @@ def cut_draft_vocab(ctx, student, examples, dm, full: dict):
     chosen = json.loads(memo.read_text())["kept"] if memo.exists() else None
     rows, floor = {size: full}, (1 - d.head.draft_vocab_tolerance) * full["all"]["accept_len"]
     kept, kept_rows = student, full
-    for k in [chosen] if chosen is not None else sizes:  # smallest first: the first that keeps the length
-        if k == size:
-            break
+    remembered = [k for k in [chosen] if k != size]  # a resume: the size its specialists were trained on
+    for k in sizes if chosen is None else remembered:  # smallest first: the first that keeps the length
         small = restrict_head(student, counts, k, always=eos)
         module = family.module(small, ctx.target, dm.val_domains, c, d, c.lr, 1)
         trainer = make_trainer(OmegaConf.to_container(ctx.cfg.trainer), ctx.run.path / "logs", f"draft-vocab-{k}")
