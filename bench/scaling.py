@@ -36,7 +36,7 @@ def counts(devices: str) -> list[int]:
     except ValueError:
         out = []
     if not out or out[0] < 1:
-        raise UserError(f"devices={devices!r} is not a list of device counts; pass e.g. devices=\"1 2 4\"")
+        raise UserError(f'devices={devices!r} is not a list of device counts; pass e.g. devices="1 2 4"')
     return out
 
 
