@@ -118,6 +118,9 @@ class DistillConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 5
     batch_size: int = 4
+    # batches of similar lengths (little padding): each epoch's shuffle is sorted by length within groups
+    # of this many batches, then the batches are shuffled (HF Trainer's group_by_length); 0 = plain shuffle
+    length_groups: int = 50
     accumulate: int = 1
     max_steps: int = 40  # generalist steps
     specialist_steps: int = 20  # steps per domain specialist

@@ -96,6 +96,7 @@ RANGES = [
     ("distill.ce_weight", lambda v: _finite(v) and v >= 0, "a finite number >= 0"),
     ("distill.warmup_steps", lambda v: v >= 0, ">= 0"),
     ("distill.batch_size", lambda v: v >= 1, ">= 1"),
+    ("distill.length_groups", lambda v: v >= 0, ">= 0 (0 = plain shuffle)"),
     ("distill.accumulate", lambda v: v >= 1, ">= 1"),
     ("distill.max_steps", lambda v: v >= 0, ">= 0"),
     ("distill.specialist_steps", lambda v: v >= 0, ">= 0"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
 
 def to_example(row: dict) -> dict:
@@ -27,31 +27,68 @@ def collate(batch: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": attn, "loss_mask": mask}
 
 
-class DistillDataModule(L.LightningDataModule):
-    """Train on `domains` (all by default); validate per domain, one dataloader each."""
+class LengthGroupedSampler(Sampler[int]):
+    """Training order with batches of similar lengths, so that little of a batch is padding (HF Trainer's
+    `group_by_length`). Each epoch: a seeded shuffle, cut into groups of `groups` batches, each group sorted
+    by length and cut into batches, and the batches shuffled. A batch here is `batch × world` indices, so
+    the strided split of Lightning's DistributedSamplerWrapper gives every rank its part of one batch; the
+    one short batch, if any, goes last so that no later batch straddles two."""
 
-    def __init__(self, examples, domains: list[str], batch_size: int, pad_id: int, seed: int = 0):
+    def __init__(self, lengths: list[int], batch: int, groups: int, seed: int = 0, world: int = 1):
+        self.lengths, self.step, self.groups, self.seed, self.epoch = lengths, batch * world, groups, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        gen = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(len(self.lengths), generator=gen).tolist()
+        span = self.step * self.groups
+        batches = []
+        for start in range(0, len(order), span):
+            group = sorted(order[start : start + span], key=lambda i: -self.lengths[i])
+            batches += [group[k : k + self.step] for k in range(0, len(group), self.step)]
+        full = [b for b in batches if len(b) == self.step]
+        short = [b for b in batches if len(b) < self.step]  # at most one: the last group's remainder
+        batches = [full[k] for k in torch.randperm(len(full), generator=gen).tolist()] + short
+        return iter([i for b in batches for i in b])
+
+
+class DistillDataModule(L.LightningDataModule):
+    """Train on `domains` (all by default); validate per domain, one dataloader each. With `length_groups`
+    > 0 training batches hold examples of similar lengths (LengthGroupedSampler); validation rows run
+    shortest first (its metrics are token-weighted means, so the batching does not change them)."""
+
+    def __init__(
+        self, examples, domains: list[str], batch_size: int, pad_id: int, seed: int = 0, length_groups: int = 0
+    ):
         super().__init__()
         self.examples, self.domains = examples, list(domains)
-        self.batch_size, self.pad_id, self.seed = batch_size, pad_id, seed
+        self.batch_size, self.pad_id, self.seed, self.length_groups = batch_size, pad_id, seed, length_groups
 
     def _rows(self, split: str, domains: list[str]) -> list[dict]:
         ds = self.examples.filter(lambda r: r["split"] == split and r["domain"] in domains)
         return [to_example(r) for r in ds if r["response_ids"]]
 
     def train_dataloader(self):
-        gen = torch.Generator().manual_seed(self.seed)
-        return DataLoader(
-            self._rows("train", self.domains),
-            batch_size=self.batch_size,
-            shuffle=True,
-            generator=gen,
-            collate_fn=lambda b: collate(b, self.pad_id),
-        )
+        rows = self._rows("train", self.domains)
+        if self.length_groups > 0:
+            world = self.trainer.world_size if self.trainer is not None else 1
+            lengths = [len(r["input_ids"]) for r in rows]
+            order = {"sampler": LengthGroupedSampler(lengths, self.batch_size, self.length_groups, self.seed, world)}
+        else:
+            order = {"shuffle": True, "generator": torch.Generator().manual_seed(self.seed)}
+        return DataLoader(rows, batch_size=self.batch_size, collate_fn=lambda b: collate(b, self.pad_id), **order)
 
     def val_dataloader(self):
+        def rows(d):
+            return sorted(self._rows("val", [d]), key=lambda r: len(r["input_ids"]))
+
         return [
-            DataLoader(self._rows("val", [d]), batch_size=self.batch_size, collate_fn=lambda b: collate(b, self.pad_id))
+            DataLoader(rows(d), batch_size=self.batch_size, collate_fn=lambda b: collate(b, self.pad_id))
             for d in self.val_domains
         ]
 

@@ -126,7 +126,7 @@ def run(ctx: StageContext) -> dict:
     examples = datasets.load_from_disk(str(ctx.run.require("data") / "examples"))
     domains = sorted(set(examples["domain"]))
     pad = ctx.tokenizer.pad_token_id
-    all_dm = DistillDataModule(examples, domains, c.batch_size, pad, ctx.cfg.seed)
+    all_dm = DistillDataModule(examples, domains, c.batch_size, pad, ctx.cfg.seed, c.length_groups)
     student = build_drafter(ctx.target, d, ctx.cfg.seed, ctx.device, ctx.tokenizer, examples)
     family = FAMILIES[DRAFTER_KINDS[d.kind].arm]
     init_trainer = make_trainer(OmegaConf.to_container(ctx.cfg.trainer), ctx.run.path / "logs", "init")
@@ -136,7 +136,7 @@ def run(ctx: StageContext) -> dict:
     student, table["generalist"], vocab = cut_draft_vocab(ctx, student, examples, all_dm, table["generalist"])
     specialists = {}
     for domain in domains if d.specialists != "none" else []:
-        dm = DistillDataModule(examples, [domain], c.batch_size, pad, ctx.cfg.seed)
+        dm = DistillDataModule(examples, [domain], c.batch_size, pad, ctx.cfg.seed, c.length_groups)
         spec = specialist(student, d)
         lr = c.lora_lr if d.specialists == "lora" else c.lr
         table[domain] = _train(ctx, spec, dm, f"specialist-{domain}", c.specialist_steps, lr)
