@@ -12,6 +12,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.trainer.states import TrainerFn
 
 from metasd_train.atomic import write_json
 from metasd_train.config import DistillConfig
@@ -55,6 +56,16 @@ class StepCheckpoint(ModelCheckpoint):
 
     def on_train_end(self, trainer, module) -> None:
         if self._last_global_step_saved != trainer.global_step:  # the final steps after the last boundary
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_validation_end(self, trainer, module) -> None:
+        """A step's checkpoint is written in on_train_batch_end, before that step's validation (val_every a
+        multiple of checkpoint_every, the last step, a max_time stop), and Lightning's resume skips a
+        validation its checkpoint came before: written again, so that what BestWeights took from this
+        validation rides in it (checkpoint callbacks run last: BestWeights has seen it)."""
+        super().on_validation_end(trainer, module)
+        fitting = trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking
+        if fitting and self._last_global_step_saved == trainer.global_step:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def _save_checkpoint(self, trainer, filepath: str) -> None:
