@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, Sampler
 
 
@@ -12,6 +13,13 @@ def to_example(row: dict) -> dict:
     # position i predicts token i+1: the response is predicted from positions len(prompt)-1 .. len(ids)-2
     mask = [0] * (len(row["prompt_ids"]) - 1) + [1] * len(row["response_ids"]) + [0]
     return {"input_ids": ids, "loss_mask": mask}
+
+
+def loss_rows(loss_mask: torch.Tensor) -> torch.Tensor:
+    """Flat indices b*T + t of the rows a draft head's loss reads: row t drafts from the teacher's
+    distribution at position t+1, so the rows with loss_mask[b, t+1]."""
+    # loss_mask: [B, T] -> [N] long
+    return F.pad(loss_mask[:, 1:].bool(), (0, 1)).flatten().nonzero().squeeze(1)
 
 
 def collate(batch: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
@@ -24,7 +32,8 @@ def collate(batch: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
         ids[i, :n] = torch.tensor(b["input_ids"])
         attn[i, :n] = 1
         mask[i, :n] = torch.tensor(b["loss_mask"], dtype=torch.bool)
-    return {"input_ids": ids, "attention_mask": attn, "loss_mask": mask}
+    # the head's loss rows, found here on the CPU: on the device, nonzero would wait for the GPU every step
+    return {"input_ids": ids, "attention_mask": attn, "loss_mask": mask, "loss_rows": loss_rows(mask)}
 
 
 class LengthGroupedSampler(Sampler[int]):

@@ -2,7 +2,10 @@
 
 Each batch runs the teacher once (hidden states + logits) and unrolls the head `ttt_steps` times
 (`DraftHead.unroll`). Row t of every step predicts x_{t+2}, so every step's target is the teacher's
-distribution at position t+1 restricted to the draft vocabulary and renormalised.
+distribution at position t+1 restricted to the draft vocabulary and renormalised. The unroll runs over
+every position (later steps read earlier steps' outputs), but training takes the head's logits, the
+teacher's targets and the loss only on the response rows (`loss_rows`): the same loss, without the
+draft-vocabulary logits and fp32 softmaxes of prompt and padding rows.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import MeanMetric
 
+from metasd_train.data.datamodule import loss_rows
 from metasd_train.distill.module import Frozen
 from metasd_train.distill.optim import adamw_warmup_cosine
 from metasd_train.errors import UserError
@@ -85,52 +89,75 @@ class HeadDistillModule(L.LightningModule):
 
     on_validation_start = on_fit_start
 
-    def _teacher(self, batch, on_draft: bool = True) -> tuple[torch.Tensor, torch.Tensor, Targets]:
-        # batch [B, T] -> features [B, T, 3d], next-token embeddings [B, T, d], Targets
+    def _teacher(self, batch, on_draft: bool = True, rows: torch.Tensor | None = None):
+        """features [B, T, 3d], next-token embeddings [B, T, d], and the teacher's Targets: over the
+        whole [B, T] grid, or, with `rows` (flat indices b*T + t), over those rows only ([N])."""
         ids, attn, loss_mask = batch["input_ids"], batch["attention_mask"], batch["loss_mask"].bool()
         model, layers = self.teacher.model, self.head.config.feature_layers
         with torch.no_grad():
             out = model(input_ids=ids, attention_mask=attn, output_hidden_states=True)
             features = torch.cat([out.hidden_states[i] for i in layers], dim=-1)
             embeds = model.get_input_embeddings()(torch.cat((ids[:, 1:], ids[:, -1:]), 1))
-            targets = self._targets(out.logits[:, 1:], loss_mask[:, 1:], on_draft)  # row t: teacher at t+1
+            if rows is None:
+                targets = self._grid_targets(out.logits[:, 1:], loss_mask[:, 1:], on_draft)  # row t: teacher at t+1
+            else:  # row b*T + t reads the teacher at (b, t+1): flat index + 1 (a loss row has t < T-1)
+                teacher = out.logits.flatten(0, 1)[rows + 1]
+                targets = self._targets(teacher, torch.ones_like(rows, dtype=torch.bool), on_draft)
         return features, embeds, targets
 
     def _targets(self, logits: torch.Tensor, valid: torch.Tensor, on_draft: bool = True) -> Targets:
         """The teacher's rows. The unnormalised `on_draft` needs an fp32 copy and a logsumexp of the
         logits over the whole vocabulary (among a large-vocabulary step's heaviest passes), so it is
         built only when asked: for the tv loss and the validation acceptance."""
-        # logits: [B, T-1, V] teacher at t+1; valid: [B, T-1] -> Targets over T rows (the last one invalid)
+        # logits: [..., V] teacher at t+1; valid: [...] -> Targets over the same rows
         draft_ids = torch.arange(self.head.d2t.shape[0], device=logits.device) + self.head.d2t
-        on_vocab = logits[..., draft_ids].float()  # [B, T-1, K]
-        argmax = F.pad(logits.argmax(-1), (0, 1))
-        pad = (0, 0, 0, 1)
-        probs = F.pad(on_vocab.softmax(-1), pad)
+        on_vocab = logits[..., draft_ids].float()  # [..., K]
+        argmax = logits.argmax(-1)
+        probs = on_vocab.softmax(-1)
         unnormalised = None
         if on_draft:
             lse = logits.float().logsumexp(-1, keepdim=True)  # no full-vocabulary softmax is kept
-            unnormalised = F.pad((on_vocab - lse).exp(), pad)
+            unnormalised = (on_vocab - lse).exp()
         neg_entropy = torch.special.xlogy(probs, probs).sum(-1)
-        return Targets(probs, unnormalised, argmax, F.pad(valid, (0, 1)), self.head.t2d[argmax], neg_entropy)
+        return Targets(probs, unnormalised, argmax, valid, self.head.t2d[argmax], neg_entropy)
 
-    def _unroll(self, batch, on_draft: bool = True) -> tuple[list[torch.Tensor], Targets]:
+    def _grid_targets(self, logits: torch.Tensor, valid: torch.Tensor, on_draft: bool = True) -> Targets:
+        """Targets over the [B, T] grid; the last row, with no teacher at t+1, is invalid (zeros)."""
+        # logits: [B, T-1, V]; valid: [B, T-1] -> Targets over T rows
+        t = self._targets(logits, valid, on_draft)
+        rows, grid = (0, 0, 0, 1), (0, 1)
+        argmax = F.pad(t.argmax, grid)
+        return Targets(
+            F.pad(t.probs, rows),
+            None if t.on_draft is None else F.pad(t.on_draft, rows),
+            argmax,
+            F.pad(t.valid, grid),
+            self.head.t2d[argmax],
+            F.pad(t.neg_entropy, grid),
+        )
+
+    def _unroll(self, batch, on_draft: bool = True, rows: torch.Tensor | None = None):
+        """The head's logits at each unrolled step and the teacher's Targets, over the grid or `rows`."""
         dtype, steps = self.head.fc.weight.dtype, self.hparams.ttt_steps
         with no_cudnn_attention():  # every batch's padded length is a new shape to cuDNN
-            features, embeds, targets = self._teacher(batch, on_draft)
+            features, embeds, targets = self._teacher(batch, on_draft, rows)
             outs = self.head.unroll(features.to(dtype), embeds.to(dtype), batch["attention_mask"], steps)
+        if rows is not None:
+            outs = [o.flatten(0, 1)[rows] for o in outs]
         return [self.head.logits(o) for o in outs], targets
 
     def training_step(self, batch, batch_idx):
         hp = self.hparams
-        logits, t = self._unroll(batch, on_draft=hp.loss == "tv" or hp.tv_weight > 0)
+        rows = batch["loss_rows"] if "loss_rows" in batch else loss_rows(batch["loss_mask"])
+        logits, t = self._unroll(batch, hp.loss == "tv" or hp.tv_weight > 0, rows)
+        position = rows % batch["input_ids"].shape[1]
         loss = torch.zeros((), device=self.device)
         for k, step_logits in enumerate(logits):
-            rows = t.valid & t.in_vocab
-            rows[:, :k] = False  # rows before position k have no chain of k+1 drafts
+            chosen = t.in_vocab & (position >= k)  # rows before position k have no chain of k+1 drafts
             per_row = STEP_LOSSES[hp.loss](step_logits, t)
             if hp.tv_weight > 0:
                 per_row = per_row + hp.tv_weight * tv(step_logits, t)
-            loss = loss + hp.step_decay**k * _masked_mean(per_row, rows)
+            loss = loss + hp.step_decay**k * _masked_mean(per_row, chosen)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         return loss
 
@@ -176,5 +203,5 @@ class HeadDistillModule(L.LightningModule):
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    # values, mask: [B, T] -> []; zero (with a gradient path) when nothing is selected
+    # values, mask: [B, T] or [N] -> []; zero (with a gradient path) when nothing is selected
     return (values * mask).sum() / mask.sum().clamp_min(1)

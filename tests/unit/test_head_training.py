@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from metasd_train.data.datamodule import collate, to_example
-from metasd_train.distill.head_module import HeadDistillModule, Targets, fkl
+from metasd_train.data.datamodule import collate, loss_rows, to_example
+from metasd_train.distill.head_module import STEP_LOSSES, HeadDistillModule, Targets, fkl, tv
 from metasd_train.models.draft_vocab import token_counts
 from metasd_train.models.head import build_head
 from metasd_train.models.head_io import load_head, save_head
@@ -121,6 +121,43 @@ def test_training_builds_on_draft_only_when_a_tv_term_needs_it(teacher, loss, tv
     module._targets = spy
     module.training_step(next(iter(loader())), 0).backward()
     assert seen == [built]
+
+
+def _grid_loss(module, batch):
+    """The loss as it was computed before loss rows: every step's logits and targets over the whole
+    [B, T] grid, masked to response rows at positions >= k."""
+    hp = module.hparams
+    logits, t = module._unroll(batch, on_draft=True)
+    loss = torch.zeros(())
+    for k, step_logits in enumerate(logits):
+        rows = t.valid & t.in_vocab
+        rows[:, :k] = False
+        per_row = STEP_LOSSES[hp.loss](step_logits, t)
+        if hp.tv_weight > 0:
+            per_row = per_row + hp.tv_weight * tv(step_logits, t)
+        loss = loss + hp.step_decay**k * ((per_row * rows).sum() / rows.sum().clamp_min(1))
+    return loss
+
+
+@pytest.mark.parametrize("loss, tv_weight", [("fkl", 0.0), ("fkl", 0.5), ("tv", 0.0)])
+def test_training_on_loss_rows_is_the_grid_loss(teacher, loss, tv_weight):
+    """Logits, targets and loss on the response rows only (collate's loss_rows, or found from the mask
+    when a batch has none) give the loss and the gradients of the whole-grid computation."""
+    module = HeadDistillModule(head_for(teacher), teacher, ["all"], loss=loss, tv_weight=tv_weight, ttt_steps=3)
+    module.log = lambda *a, **k: None
+    batch = next(iter(loader()))
+    assert torch.equal(batch["loss_rows"], loss_rows(batch["loss_mask"]))
+    reference = _grid_loss(module, batch)
+    reference.backward()
+    expected = {n: p.grad.clone() for n, p in module.head.named_parameters() if p.grad is not None}
+    module.head.zero_grad(set_to_none=True)
+    for b in (batch, {k: v for k, v in batch.items() if k != "loss_rows"}):
+        got = module.training_step(b, 0)
+        torch.testing.assert_close(got, reference, rtol=1e-5, atol=1e-6)
+    got.backward()
+    for n, p in module.head.named_parameters():
+        if n in expected:
+            torch.testing.assert_close(p.grad, expected[n], rtol=1e-4, atol=1e-6)
 
 
 def test_head_trains_loss_falls(teacher):
