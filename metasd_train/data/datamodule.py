@@ -5,7 +5,7 @@ from __future__ import annotations
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, DistributedSampler
 
 
 def to_example(row: dict) -> dict:
@@ -36,34 +36,44 @@ def collate(batch: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": attn, "loss_mask": mask, "loss_rows": loss_rows(mask)}
 
 
-class LengthGroupedSampler(Sampler[int]):
+class LengthGroupedSampler(DistributedSampler):
     """Training order with batches of similar lengths, so that little of a batch is padding (HF Trainer's
-    `group_by_length`). Each epoch: a seeded shuffle, cut into groups of `groups` batches, each group sorted
-    by length and cut into batches, and the batches shuffled. A batch here is `batch × world` indices, so
-    the strided split of Lightning's DistributedSamplerWrapper gives every rank its part of one batch; the
-    one short batch, if any, goes last so that no later batch straddles two."""
+    `group_by_length`). Each epoch: a seeded shuffle, cut into groups of `groups` global batches (`batch`
+    × `world` indices), each group sorted by length and cut into global batches, and those shuffled;
+    rank r takes the r-th `batch` of every global batch. It is a DistributedSampler because Lightning
+    keeps those as they are under DDP, where it would wrap any other sampler in its own shuffling one
+    and undo the grouping. The one short global batch goes last, padded with its own first indices to
+    a multiple of `world`, so that every rank takes the same number of steps."""
 
-    def __init__(self, lengths: list[int], batch: int, groups: int, seed: int = 0, world: int = 1):
-        self.lengths, self.step, self.groups, self.seed, self.epoch = lengths, batch * world, groups, seed, 0
+    def __init__(self, lengths: list[int], batch: int, groups: int, seed: int = 0, world: int = 1, rank: int = 0):
+        super().__init__(lengths, num_replicas=world, rank=rank, shuffle=False, seed=seed)
+        self.lengths, self.batch, self.groups = lengths, batch, groups
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.lengths)
-
-    def __iter__(self):
+    def global_batches(self) -> list[list[int]]:
         gen = torch.Generator().manual_seed(self.seed + self.epoch)
         order = torch.randperm(len(self.lengths), generator=gen).tolist()
-        span = self.step * self.groups
+        step = self.batch * self.num_replicas
+        span = step * self.groups
         batches = []
         for start in range(0, len(order), span):
             group = sorted(order[start : start + span], key=lambda i: -self.lengths[i])
-            batches += [group[k : k + self.step] for k in range(0, len(group), self.step)]
-        full = [b for b in batches if len(b) == self.step]
-        short = [b for b in batches if len(b) < self.step]  # at most one: the last group's remainder
-        batches = [full[k] for k in torch.randperm(len(full), generator=gen).tolist()] + short
-        return iter([i for b in batches for i in b])
+            batches += [group[k : k + step] for k in range(0, len(group), step)]
+        full = [b for b in batches if len(b) == step]
+        short = [b for b in batches if len(b) < step]  # at most one: the last group's remainder
+        out = [full[k] for k in torch.randperm(len(full), generator=gen).tolist()]
+        for b in short:
+            size = -(-len(b) // self.num_replicas) * self.num_replicas
+            out.append((b * self.num_replicas)[:size])
+        return out
+
+    def __iter__(self):
+        for b in self.global_batches():
+            share = len(b) // self.num_replicas
+            yield from b[self.rank * share : (self.rank + 1) * share]
+
+    def __len__(self) -> int:
+        full, rest = divmod(len(self.lengths), self.batch * self.num_replicas)
+        return full * self.batch + -(-rest // self.num_replicas)
 
 
 class DistillDataModule(L.LightningDataModule):
@@ -85,9 +95,10 @@ class DistillDataModule(L.LightningDataModule):
     def train_dataloader(self):
         rows = self._rows("train", self.domains)
         if self.length_groups > 0:
-            world = self.trainer.world_size if self.trainer is not None else 1
+            world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer is not None else (1, 0)
             lengths = [len(r["input_ids"]) for r in rows]
-            order = {"sampler": LengthGroupedSampler(lengths, self.batch_size, self.length_groups, self.seed, world)}
+            sampler = LengthGroupedSampler(lengths, self.batch_size, self.length_groups, self.seed, world, rank)
+            order = {"sampler": sampler}
         else:
             order = {"shuffle": True, "generator": torch.Generator().manual_seed(self.seed)}
         return DataLoader(rows, batch_size=self.batch_size, collate_fn=lambda b: collate(b, self.pad_id), **order)

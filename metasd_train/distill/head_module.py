@@ -28,25 +28,26 @@ METRICS = ("acceptance", "top1", "accept_len")
 
 @dataclass
 class Targets:
-    """Teacher side of a batch, rows aligned with the head's (row t predicts x_{t+2})."""
+    """Teacher side of a batch, rows aligned with the head's (row t predicts x_{t+2}): over the [B, T]
+    grid (validation) or over the loss rows only, [N] (training); written [...] below."""
 
-    probs: torch.Tensor  # [B, T, K] teacher at t+1 over the draft vocab, renormalised
-    on_draft: torch.Tensor | None  # [B, T, K] teacher at t+1 over the draft vocab, not renormalised (tv only)
-    argmax: torch.Tensor  # [B, T] teacher's greedy target id at t+1
-    valid: torch.Tensor  # [B, T] bool: a response position (loss_mask at t+1)
-    in_vocab: torch.Tensor  # [B, T] bool: the teacher's argmax is draftable
-    neg_entropy: torch.Tensor  # [B, T] sum p log p of `probs`: the same for every unrolled step
+    probs: torch.Tensor  # [..., K] teacher at t+1 over the draft vocab, renormalised
+    on_draft: torch.Tensor | None  # [..., K] teacher at t+1 over the draft vocab, not renormalised (tv only)
+    argmax: torch.Tensor  # [...] teacher's greedy target id at t+1
+    valid: torch.Tensor  # [...] bool: a response position (loss_mask at t+1)
+    in_vocab: torch.Tensor  # [...] bool: the teacher's argmax is draftable
+    neg_entropy: torch.Tensor  # [...] sum p log p of `probs`: the same for every unrolled step
 
 
 def fkl(logits: torch.Tensor, t: Targets) -> torch.Tensor:
     """KL(teacher_on_draft || head) per row (cross-entropy minus the teacher's entropy)."""
-    # logits: [B, T, K] -> [B, T]
+    # logits: [..., K] -> [...]
     return t.neg_entropy - (t.probs * F.log_softmax(logits.float(), -1)).sum(-1)
 
 
 def tv(logits: torch.Tensor, t: Targets) -> torch.Tensor:
     """1 - acceptance of speculative sampling: the head proposes only draft tokens."""
-    # logits: [B, T, K] -> [B, T]
+    # logits: [..., K] -> [...]
     if t.on_draft is None:
         raise RuntimeError("internal error: Targets built without on_draft (see HeadDistillModule._teacher)")
     return 1 - torch.minimum(t.on_draft, logits.float().softmax(-1)).sum(-1)

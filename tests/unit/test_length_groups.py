@@ -3,8 +3,9 @@
 import random
 
 import datasets
+import pytest
 import torch
-from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
+from torch.utils.data import DistributedSampler
 
 from metasd_train.data.datamodule import DistillDataModule, LengthGroupedSampler, collate
 
@@ -34,15 +35,26 @@ def test_each_epoch_is_a_permutation_with_less_padding_and_new_order():
     assert [len(b) for b in grouped] == [batch] * 25 + [3]
 
 
-def test_each_rank_gets_one_similar_length_batch_through_lightnings_wrapper():
-    lengths, batch, world = _lengths(256), 8, 2
-    sampler = LengthGroupedSampler(lengths, batch, groups=4, seed=0, world=world)
-    whole = list(sampler)
-    ranks = [list(DistributedSamplerWrapper(sampler, num_replicas=world, rank=r, shuffle=False)) for r in range(world)]
-    assert sorted(ranks[0] + ranks[1]) == list(range(256))
-    for k in range(0, 128, batch):  # rank r's k-th batch comes from the same global batch of batch x world
-        chunk = set(whole[2 * k : 2 * k + batch * world])
-        assert set(ranks[0][k : k + batch]) | set(ranks[1][k : k + batch]) == chunk
+@pytest.mark.parametrize("n", [256, 203])
+def test_each_rank_takes_its_part_of_every_global_batch(n):
+    """Under DDP each rank's k-th batch is its slice of the k-th global batch (so the ranks' batches are
+    of similar lengths), every index is taken, and the ranks take the same number of steps."""
+    lengths, batch, world = _lengths(n), 8, 2
+    ranks = [LengthGroupedSampler(lengths, batch, groups=4, seed=0, world=world, rank=r) for r in range(world)]
+    whole = ranks[0].global_batches()
+    streams = [list(s) for s in ranks]
+    assert [len(s) for s in streams] == [len(ranks[0])] * world
+    assert set(streams[0]) | set(streams[1]) == set(range(n))
+    for k, global_batch in enumerate(whole):
+        share = len(global_batch) // world
+        parts = [s[k * batch : k * batch + share] for s in streams]
+        assert parts[0] + parts[1] == global_batch
+
+
+def test_lightning_keeps_the_sampler_under_ddp():
+    """Lightning replaces a sampler under DDP unless it is a DistributedSampler (data_connector's
+    _requires_distributed_sampler); its replacement would shuffle the global batches apart."""
+    assert isinstance(LengthGroupedSampler([5, 6], 1, 1, world=2, rank=1), DistributedSampler)
 
 
 def _examples(lengths):
