@@ -74,7 +74,7 @@ def report(out: Path, devices: list[int], recipe: str, steps: int) -> dict:
 def markdown(result: dict) -> str:
     rows = result["rows"]
     metric = rows[0]["validation"]["metric"]
-    domains = [k for k in rows[0]["validation"] if k != "metric"]
+    domains = [k for k in rows[0]["validation"] if k != "metric" and all(k in r["validation"] for r in rows)]
     lines = [
         f"# Distillation on {', '.join(str(r['devices']) for r in rows)} GPUs ({result['card']})",
         "",
