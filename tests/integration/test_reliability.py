@@ -211,3 +211,48 @@ def test_unreadable_source_files_are_one_line_naming_the_file(tmp_path, monkeypa
     with pytest.raises(UserError, match=match) as e:
         list(sources.load_source(source, {}))
     assert "--force-reinstall" in str(e.value)
+
+
+# BestWeights across a resume when a checkpoint step is also a validation step: the checkpoint of that
+# step must carry what BestWeights took from its validation (a finished fit refit from it, or a killed
+# one resumed, ends on the same weights as the uninterrupted fit).
+
+
+class Peaked(DistillModule):
+    """A validation score peaking at step 4 (the monitor BestWeights keeps the best of)."""
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.state.fn == "fit":
+            self.log("val/score", -float((self.trainer.global_step - 4) ** 2))
+
+
+def distill_peaked(teacher, examples, ckpt: Path, max_steps: int, kill: int | None = None) -> dict:
+    """Validation every 2 steps, a checkpoint every 2 steps (each validation step is a checkpoint step)."""
+    L.seed_everything(0, verbose=False)
+    module = Peaked(tiny_llama(V, layers=1, seed=2), teacher, ["d"], lr=0.05, max_steps=max_steps, warmup_steps=0)
+    trainer = make_trainer({"accelerator": "cpu", "enable_progress_bar": False}, ckpt.parent / "logs", "g",
+                           max_steps, 2, ckpt, checkpoint_every=2, monitor="val/score")  # fmt: skip
+    if kill:
+        trainer.callbacks.append(KillAt(kill, RuntimeError("killed")))
+    fit(module, DistillDataModule(examples, ["d"], 2, 0), trainer, ckpt)
+    return {k: v.clone() for k, v in module.student.state_dict().items()}
+
+
+def same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_finished_fit_refit_from_its_checkpoint_keeps_the_last_validation_s_best(teacher, examples, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    first = distill_peaked(teacher, examples, ckpt, 4)  # best: the validation at step 4 (also a checkpoint step)
+    again = distill_peaked(teacher, examples, ckpt, 4)  # last.ckpt at max_steps: nothing to fit
+    assert same(again, first)
+
+
+def test_a_resume_after_a_kill_keeps_the_best_validated_at_the_checkpoint_step(teacher, examples, tmp_path):
+    fresh = distill_peaked(teacher, examples, tmp_path / "fresh", 6)  # validations at 2, 4 (best), 6
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(RuntimeError, match="killed"):
+        distill_peaked(teacher, examples, ckpt, 6, kill=5)  # last.ckpt: step 4
+    resumed = distill_peaked(teacher, examples, ckpt, 6)  # Lightning does not validate step 4 again
+    assert same(resumed, fresh)
